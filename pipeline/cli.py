@@ -1,0 +1,122 @@
+"""The `v2m` command: a thin face over the library functions the DVC stages call.
+
+Every expected failure (bad params, unreadable media, missing checkpoints...) ends with one
+line ``v2m: error: ...`` and exit status 2, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from pipeline import config
+from pipeline.media import MediaError, ffmpeg_exe
+
+# Expected failures: their message is the whole story for the user.
+USER_ERRORS: tuple[type[BaseException], ...] = (config.ParamsError, MediaError, FileNotFoundError)
+FORBIDDEN_PACKAGES = ("torchvision", "torchaudio", "timm", "open_clip_torch", "audiocraft")
+
+
+@contextlib.contextmanager
+def user_errors(prog: str = "v2m") -> Iterator[None]:
+    """Turn expected failures into one clear line on stderr and exit status 2."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished outputs are kept, partial ones were removed", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from pipeline.synth import render_sample_set
+
+    values = {"n_clips": args.n, "seconds": args.seconds, "seed": args.seed, "motion_only": args.motion_only,
+              "fps": args.fps, "width": args.width, "height": args.height}
+    params = config.build(config.SampleParams, {k: v for k, v in values.items() if v is not None},
+                          prefix="sample", source="v2m synth")
+    labels = render_sample_set(args.out, params, progress=not args.quiet)
+    print(f"wrote {params.n_clips} clips and {labels}")
+
+
+def _cmd_params_check(args: argparse.Namespace) -> None:
+    loaded = config.load_params(args.file)
+    print(f"{args.file}: OK ({len(loaded)} sections: {', '.join(loaded) or 'none'})")
+
+
+def _cmd_params_show(args: argparse.Namespace) -> None:
+    for name, cls in config.known_sections().items():
+        for key, default, doc in config.describe(cls, name):
+            print(f"{key:<34} {default!r:<14} {doc}")
+
+
+def _cmd_doctor(args: argparse.Namespace) -> None:
+    import torch
+
+    problems = []
+    print(f"python      {sys.version.split()[0]}")
+    print(f"torch       {torch.__version__} (cuda: {torch.cuda.is_available()})")
+    for name in ("transformers", "dvc", "av", "yt-dlp", "demucs", "accelerate", "pyarrow"):
+        print(f"{name:<11} {importlib.metadata.version(name)}")
+    try:
+        ffmpeg = ffmpeg_exe()
+        version = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, check=True).stdout
+        print(f"ffmpeg      {version.split()[2]} ({ffmpeg})")
+    except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
+        problems.append(f"no working ffmpeg program ({exc}); setup.sh installs one with imageio-ffmpeg")
+    for name in FORBIDDEN_PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            importlib.metadata.version(name)
+            problems.append(f"{name} is installed; it does not work with the CPU torch here")
+    for problem in problems:
+        print(f"v2m doctor: {problem}", file=sys.stderr)
+    if problems:
+        raise SystemExit(1)
+    print("v2m doctor: OK")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="v2m", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = sub.add_parser("synth", help="render the synthetic sample set v2m-synth")
+    synth.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically)")
+    synth.add_argument("--n", type=int, help="number of clips")
+    synth.add_argument("--seconds", type=float, help="clip length in seconds")
+    synth.add_argument("--seed", type=int, help="random seed (same seed, same files)")
+    synth.add_argument("--motion-only", action="store_true", default=None,
+                       help="tempo visible only through motion (for the motion ablation)")
+    synth.add_argument("--fps", type=int)
+    synth.add_argument("--width", type=int)
+    synth.add_argument("--height", type=int)
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.set_defaults(func=_cmd_synth)
+
+    params = sub.add_parser("params", help="check or list params.yaml keys")
+    params_sub = params.add_subparsers(dest="params_command", required=True, metavar="ACTION")
+    check = params_sub.add_parser("check", help="validate a params file (default params.yaml)")
+    check.add_argument("file", nargs="?", type=Path, default=config.DEFAULT_PARAMS_FILE)
+    check.set_defaults(func=_cmd_params_check)
+    show = params_sub.add_parser("show", help="every known key with its default")
+    show.set_defaults(func=_cmd_params_show)
+
+    doctor = sub.add_parser("doctor", help="check the installation (torch, ffmpeg, forbidden packages)")
+    doctor.set_defaults(func=_cmd_doctor)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    with user_errors():
+        args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Typed parameters: every section of params.yaml maps to a frozen dataclass.
+
+A section is registered with :func:`section`; its fields carry their checks in the
+field metadata (see :func:`param`). Loading checks types, ranges and choices and
+rejects unknown keys with an error that names ``section.key`` and lists the known
+keys, so a typo in params.yaml never silently falls back to a default.
+
+This module imports nothing else from the project: everyone imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A params file that does not match the typed sections; the message names the key."""
+
+
+_SECTIONS: dict[str, type] = {}
+
+
+def section(name: str):
+    """Register a frozen dataclass as the schema of params.yaml section ``name``."""
+
+    def register(cls: type) -> type:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} must be a dataclass")
+        _SECTIONS[name] = cls
+        return cls
+
+    return register
+
+
+def param(default: Any, *, lo: float | None = None, hi: float | None = None,
+          choices: Sequence[Any] | None = None, doc: str = "") -> Any:
+    """A dataclass field with validation metadata.
+
+    Args:
+        default: the value used when params.yaml leaves the key out.
+        lo, hi: inclusive bounds for numbers (and for every item of a list of numbers).
+        choices: the allowed values.
+        doc: one line shown by ``v2m params show``.
+    """
+    meta = {"lo": lo, "hi": hi, "choices": tuple(choices) if choices else None, "doc": doc}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple for sequence defaults: dataclass fields must be immutable")
+    if dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def known_sections() -> dict[str, type]:
+    """Registered section names and their dataclasses."""
+    return dict(_SECTIONS)
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    """Read a params file as a mapping; a missing or malformed file is a ParamsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS_FILE,
+                sections: Iterable[str] | None = None) -> dict[str, Any]:
+    """Load and validate sections of a params file.
+
+    Args:
+        path: the params file.
+        sections: the sections to load (a stage passes the ones it declares in dvc.yaml);
+            ``None`` loads and validates every section in the file.
+
+    Returns:
+        ``{section name: frozen dataclass instance}``.
+
+    Raises:
+        ParamsError: naming ``section.key`` for an unknown key, a wrong type or a bad value.
+    """
+    registry = known_sections()
+    raw = read_yaml(path)
+    wanted = list(raw) if sections is None else list(sections)
+    for name in raw:
+        if name not in registry:
+            raise ParamsError(_unknown(str(path), name, registry))
+    loaded = {}
+    for name in wanted:
+        if name not in registry:
+            raise ParamsError(_unknown(str(path), name, registry))
+        loaded[name] = build(registry[name], raw.get(name) or {}, prefix=name, source=str(path))
+    return loaded
+
+
+def build(cls: type, values: Any, *, prefix: str, source: str = "params") -> Any:
+    """Fill dataclass ``cls`` from a mapping, checking every key, type and bound."""
+    if not isinstance(values, Mapping):
+        raise ParamsError(f"{source}: '{prefix}' must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            raise ParamsError(_unknown(source, f"{prefix}.{key}", {f"{prefix}.{k}": None for k in fields}))
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        field = fields[name]
+        kwargs[name] = _convert(hints[name], value, f"{prefix}.{name}", source, field.metadata)
+    try:
+        return cls(**kwargs)
+    except ParamsError as exc:
+        raise ParamsError(f"{source}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"{source}: {prefix}: {exc}") from None
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    """Raise a ParamsError naming ``key`` unless ``condition``; for cross-field checks."""
+    if not condition:
+        raise ParamsError(f"{key}: {message}")
+
+
+def _unknown(source: str, key: str, known: Mapping[str, Any]) -> str:
+    names = sorted(known)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{source}: unknown key '{key}'{hint}; known keys: {', '.join(names)}"
+
+
+def _convert(hint: Any, value: Any, key: str, source: str, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    where = f"{source}: {key}"
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, source, meta)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, prefix=key, source=source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where} must be a list, got {type(value).__name__} {value!r}")
+        item = args[0] if args else Any
+        return tuple(_convert(item, v, f"{key}[{i}]", source, meta) for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where} must be true or false, got {value!r}")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where} must be an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where} must be a string, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ParamsError(f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and value < lo:
+            raise ParamsError(f"{where} must be >= {lo}, got {value!r}")
+        if hi is not None and value > hi:
+            raise ParamsError(f"{where} must be <= {hi}, got {value!r}")
+    return value
+
+
+def describe(cls: type, prefix: str) -> list[tuple[str, Any, str]]:
+    """``(section.key, default, doc)`` rows for a section, nested sections flattened."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(default):
+            rows.extend(describe(type(default), key))
+        else:
+            rows.append((key, default, f.metadata.get("doc", "")))
+    return rows
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A section as plain YAML-ready data (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(obj))
+
+
+# ---------------------------------------------------------------------------
+# The sections. Each docstring says which stage reads it.
+
+
+@section("sample")
+@dataclasses.dataclass(frozen=True)
+class SampleParams:
+    """The synthetic sample set v2m-synth (stage ``sample``, ``v2m synth``)."""
+
+    n_clips: int = param(24, lo=1, hi=100_000, doc="number of clips rendered")
+    seconds: float = param(10.0, lo=2.0, hi=600.0, doc="length of each clip")
+    seed: int = param(0, lo=0, hi=2**31 - 1, doc="same seed, same files")
+    motion_only: bool = param(False, doc="tempo visible only through object motion (no scene cuts)")
+    fps: int = param(12, lo=4, hi=60, doc="video frame rate")
+    width: int = param(160, lo=32, hi=3840, doc="video width in pixels (even)")
+    height: int = param(120, lo=32, hi=2160, doc="video height in pixels (even)")
+    sample_rate: int = param(44100, choices=(32000, 44100, 48000), doc="audio rate of mp4 and stems")
+    bpm_min: float = param(70.0, lo=30.0, hi=240.0, doc="slowest tempo drawn")
+    bpm_max: float = param(150.0, lo=30.0, hi=240.0, doc="fastest tempo drawn")
+    vocal_gain: float = param(0.5, lo=0.0, hi=2.0, doc="vocal stand-in level relative to the accompaniment")
+
+    def __post_init__(self) -> None:
+        check(self.width % 2 == 0, "sample.width", f"must be even for H.264 4:2:0, got {self.width}")
+        check(self.height % 2 == 0, "sample.height", f"must be even for H.264 4:2:0, got {self.height}")
+        check(self.bpm_min <= self.bpm_max, "sample.bpm_min",
+              f"must be <= sample.bpm_max ({self.bpm_min} > {self.bpm_max})")

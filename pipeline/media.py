@@ -1,0 +1,186 @@
+"""Decode, encode and mux media. The only module that talks to FFmpeg (through PyAV).
+
+Audio arrays are float32 ``[C, S]`` (channels first); frames are uint8 ``[H, W, 3]`` RGB.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+import soundfile
+
+from pipeline.files import atomic_path
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg program: the one on PATH, else the one the imageio-ffmpeg wheel ships."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+class MediaError(RuntimeError):
+    """A media file that cannot be read or written; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a container holds. Durations in seconds; None where a stream is missing."""
+
+    path: Path
+    duration: float
+    video_frames: int | None
+    fps: float | None
+    width: int | None
+    height: int | None
+    audio_rate: int | None
+    audio_channels: int | None
+
+
+def _open(path: Path | str):
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as exc:
+        raise MediaError(f"{path}: not a readable media file ({exc.strerror or exc})") from None
+
+
+def probe(path: Path | str) -> MediaInfo:
+    """Stream facts of a media file, from the container headers."""
+    with _open(path) as container:
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        duration = float(container.duration / av.time_base) if container.duration else 0.0
+        return MediaInfo(
+            path=Path(path), duration=duration,
+            video_frames=int(video.frames) if video is not None and video.frames else None,
+            fps=float(video.average_rate) if video is not None and video.average_rate else None,
+            width=video.codec_context.width if video is not None else None,
+            height=video.codec_context.height if video is not None else None,
+            audio_rate=audio.codec_context.sample_rate if audio is not None else None,
+            audio_channels=audio.codec_context.channels if audio is not None else None,
+        )
+
+
+def decode_frames(path: Path | str) -> Iterator[tuple[float, np.ndarray]]:
+    """Every video frame in order, as ``(time in seconds, uint8 [H, W, 3] RGB)``."""
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        try:
+            for frame in container.decode(stream):
+                yield float(frame.time or 0.0), frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as exc:
+            raise MediaError(f"{path}: corrupt video ({exc})") from None
+
+
+def decode_audio(path: Path | str, sample_rate: int | None = None, channels: int | None = None) -> tuple[np.ndarray, int]:
+    """The first audio stream, resampled by FFmpeg when asked.
+
+    Args:
+        sample_rate: output rate; None keeps the stream's.
+        channels: 1 (mono downmix) or 2; None keeps the stream's layout.
+
+    Returns:
+        ``(audio float32 [C, S], sample rate)``.
+    """
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: has no audio stream")
+        stream = container.streams.audio[0]
+        rate = sample_rate or stream.codec_context.sample_rate
+        layout = {1: "mono", 2: "stereo"}.get(channels or 0, stream.codec_context.layout.name)
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+        chunks = []
+        try:
+            for frame in container.decode(stream):
+                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+            chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+        except av.FFmpegError as exc:
+            raise MediaError(f"{path}: corrupt audio ({exc})") from None
+    if not chunks:
+        raise MediaError(f"{path}: audio stream holds no samples")
+    return np.concatenate(chunks, axis=1).astype(np.float32), rate
+
+
+def write_wav(path: Path | str, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+    """Write float ``[C, S]`` audio as a WAV file, atomically."""
+    with atomic_path(path) as temp:
+        soundfile.write(str(temp), np.asarray(audio).T, sample_rate, subtype=subtype, format="WAV")
+    return Path(path)
+
+
+def read_wav(path: Path | str) -> tuple[np.ndarray, int]:
+    """A WAV (or any libsndfile) file as ``(float32 [C, S], rate)``."""
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as exc:
+        raise MediaError(f"{path}: not a readable audio file ({exc})") from None
+    return data.T.copy(), rate
+
+
+def write_mp4(path: Path | str, frames: Iterable[np.ndarray], fps: int,
+              audio: np.ndarray | None = None, sample_rate: int = 44100,
+              crf: int = 18, preset: str = "veryfast", audio_bitrate: str = "192k",
+              threads: int = 1) -> Path:
+    """Encode H.264 video (yuv420p) and AAC audio into an mp4 with the ffmpeg program, atomically.
+
+    The ffmpeg program rather than PyAV's encoder: with PyAV, libx264 gave different bytes
+    for identical input from run to run even single-threaded; the program, with
+    ``-threads 1`` and bitexact flags, gives identical files.
+
+    Args:
+        frames: uint8 ``[H, W, 3]`` RGB frames; H and W even.
+        audio: float ``[C, S]`` in [-1, 1], C in (1, 2); None for a silent (video-only) file.
+        threads: x264 threads; 1 makes identical input give identical files, 0 lets x264 choose.
+    """
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise MediaError(f"{path}: no frames to write")
+    height, width = first.shape[:2]
+    with atomic_path(path) as temp, tempfile.TemporaryDirectory() as scratch:
+        command = [ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error",
+                   "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:0"]
+        if audio is not None:
+            wav = Path(scratch) / "audio.wav"
+            soundfile.write(str(wav), np.asarray(audio, dtype=np.float32).T, sample_rate, subtype="FLOAT")
+            command += ["-i", str(wav), "-c:a", "aac", "-b:a", audio_bitrate]
+        command += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p",
+                    "-threads", str(threads), "-fflags", "+bitexact", "-flags:v", "+bitexact",
+                    "-flags:a", "+bitexact", "-map_metadata", "-1", "-movflags", "+faststart", str(temp)]
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+            try:
+                for frame in _chain(first, frames):
+                    if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+                        raise MediaError(f"{path}: frame of shape {frame.shape} {frame.dtype}, "
+                                         f"expected ({height}, {width}, 3) uint8")
+                    process.stdin.write(np.ascontiguousarray(frame).tobytes())
+            except BrokenPipeError:
+                pass  # ffmpeg stopped early; its message comes below
+            finally:
+                process.stdin.close()
+            errors = process.stderr.read().decode(errors="replace").strip()
+        if process.returncode != 0:
+            raise MediaError(f"{path}: ffmpeg could not encode ({errors.splitlines()[-1] if errors else process.returncode})")
+    return Path(path)
+
+
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One-command setup: a virtual environment in .venv with the pinned set (requirements.lock),
+# the project installed editable with its `v2m` command, and an ffmpeg program (from the
+# imageio-ffmpeg wheel) linked into .venv/bin. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    echo "setup.sh: needs Python 3.11 (the CPU torch 2.13.0 wheel is cp311); set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+# torch first and alone, so nothing later can pull a CUDA build from the registry.
+"${PIP[@]}" install -q torch==2.13.0
+"${PIP[@]}" install -q -c requirements.lock -e ".[dev]"
+# yt-dlp, and anyone at a shell, expect an `ffmpeg` program: use the one the wheel ships.
+ln -sf "$(.venv/bin/python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" .venv/bin/ffmpeg
+for bad in torchvision torchaudio timm open_clip_torch audiocraft; do
+    if .venv/bin/python -m pip show -q "$bad" >/dev/null 2>&1; then
+        echo "setup.sh: $bad got installed; it breaks with the CPU torch here (see design notes)" >&2
+        exit 1
+    fi
+done
+.venv/bin/v2m doctor

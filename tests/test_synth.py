@@ -1,0 +1,184 @@
+"""v2m-synth: determinism, and that the video and audio really carry the labelled key, tempo and motion."""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import re
+
+import librosa
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import media
+from pipeline.config import SampleParams
+from pipeline.synth import LABELS_FILE, read_labels, render_clip, render_sample_set
+from pipeline.synth.scene import render_frames
+from pipeline.synth.spec import sample_clip_spec
+
+
+def decoded_frames(path) -> np.ndarray:
+    return np.stack([frame for _, frame in media.decode_frames(path)])
+
+
+# Krumhansl-Kessler key profiles (tonic first): the standard template for key finding.
+KEY_PROFILES = {
+    "major": np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]),
+    "minor": np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]),
+}
+
+
+def estimate_key(audio: np.ndarray, sr: int, mode: str) -> int:
+    """The tonic whose key profile (in the labelled mode) correlates best with the mean chroma."""
+    chroma = librosa.feature.chroma_stft(y=audio.mean(0), sr=sr, n_fft=8192, hop_length=2048).mean(axis=1)
+    return int(np.argmax([np.corrcoef(chroma, np.roll(KEY_PROFILES[mode], k))[0, 1] for k in range(12)]))
+
+
+def estimate_bpm(audio: np.ndarray, sr: int) -> float:
+    """Tempo from onset detection: 60 / median inter-onset interval."""
+    onsets = librosa.onset.onset_detect(y=audio.mean(0), sr=sr, units="time")
+    return 60.0 / float(np.median(np.diff(onsets)))
+
+
+def background_key(frame: np.ndarray) -> tuple[int, float]:
+    """(nearest key hue, value) of the frame's border, where the background shows."""
+    border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]]).astype(float) / 255
+    r, g, b = np.median(border, axis=0)
+    hue, _, value = colorsys.rgb_to_hsv(r, g, b)
+    return int(round(hue * 12)) % 12, value
+
+
+def test_same_seed_gives_identical_frames_and_samples(tmp_path):
+    params = SampleParams(n_clips=2, seconds=3.0, seed=11)
+    first, second = tmp_path / "a", tmp_path / "b"
+    render_sample_set(first, params, progress=False)
+    render_sample_set(second, params, progress=False)
+    rows = read_labels(first)
+    assert rows == read_labels(second)
+    for row in rows:
+        assert np.array_equal(decoded_frames(first / row["video_file"]), decoded_frames(second / row["video_file"]))
+        audio_a, _ = media.decode_audio(first / row["video_file"])
+        audio_b, _ = media.decode_audio(second / row["video_file"])
+        assert np.array_equal(audio_a, audio_b)
+        stem_a, _ = media.read_wav(first / row["accompaniment_file"])
+        stem_b, _ = media.read_wav(second / row["accompaniment_file"])
+        assert np.array_equal(stem_a, stem_b)
+    other = tmp_path / "c"
+    render_sample_set(other, dataclasses.replace(params, seed=12), progress=False)
+    row = read_labels(other)[0]
+    assert not np.array_equal(decoded_frames(other / row["video_file"]), decoded_frames(first / rows[0]["video_file"]))
+
+
+def test_files_and_labels(synth_set):
+    folder, rows = synth_set
+    assert len(rows) == 6
+    assert len({r["video_id"] for r in rows}) == 6
+    for row in rows:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{11}", row["video_id"])
+        info = media.probe(folder / row["video_file"])
+        assert info.video_frames == round(row["seconds"] * row["fps"])
+        assert (info.width, info.height) == (row["width"], row["height"])
+        assert info.audio_rate == 44100 and info.audio_channels == 2
+        assert abs(info.duration - row["seconds"]) < 0.05
+        assert all(0 < t < row["seconds"] for t in row["chord_change_times"])
+        assert row["cut_times"] == row["chord_change_times"]
+        assert len(row["chord_roots"]) == len(row["chord_change_times"]) + 1
+    table = pq.read_table(folder / LABELS_FILE)
+    assert b"v2m.synth.params" in table.schema.metadata
+
+
+def test_sets_vary_across_clips():
+    rows = [sample_clip_spec(SampleParams(seed=0), i) for i in range(24)]
+    assert len({r.key for r in rows}) >= 6
+    assert len({r.mode for r in rows}) == 2
+    bpms = [r.bpm for r in rows]
+    assert max(bpms) - min(bpms) > 40
+    assert len({r.chord_change_times for r in rows}) == 24
+
+
+def test_audio_key_matches_label(synth_set):
+    folder, rows = synth_set
+    for row in rows:
+        accompaniment, sr = media.read_wav(folder / row["accompaniment_file"])
+        assert estimate_key(accompaniment, sr, row["mode"]) == row["key"], row["video_id"]
+        mix, sr = media.decode_audio(folder / row["video_file"])
+        assert estimate_key(mix, sr, row["mode"]) == row["key"], row["video_id"]
+
+
+def test_onset_rate_matches_bpm(synth_set):
+    folder, rows = synth_set
+    for row in rows:
+        accompaniment, sr = media.read_wav(folder / row["accompaniment_file"])
+        assert estimate_bpm(accompaniment, sr) == pytest.approx(row["bpm"], rel=0.04), row["video_id"]
+
+
+def test_background_colour_matches_key_mapping(synth_set):
+    folder, rows = synth_set
+    for row in rows:
+        frames = decoded_frames(folder / row["video_file"])
+        for frame in frames[:: len(frames) // 4]:
+            key, value = background_key(frame)
+            assert key == row["key"], row["video_id"]
+            assert (value > 0.7) == (row["mode"] == "major")
+
+
+def mean_frame_difference(frames: np.ndarray) -> float:
+    return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean())
+
+
+def test_motion_grows_with_labelled_speed(tmp_path):
+    """The same clip at four tempi, through the real encoder and decoder: faster tempo, more motion."""
+    base = sample_clip_spec(SampleParams(seconds=4.0, seed=5, motion_only=True), 0)
+    motions = []
+    for bpm in (60.0, 90.0, 120.0, 160.0):
+        spec = dataclasses.replace(base, bpm=bpm, object_speed=base.object_speed * bpm / base.bpm)
+        path = media.write_mp4(tmp_path / f"{bpm}.mp4", render_frames(spec), spec.fps)
+        motions.append(mean_frame_difference(decoded_frames(path)))
+    assert all(a < b for a, b in zip(motions, motions[1:])), motions
+
+
+def test_motion_only_mode_shows_tempo_only_through_motion():
+    slow = sample_clip_spec(SampleParams(seconds=6.0, seed=4, motion_only=True, bpm_min=70, bpm_max=70), 3)
+    fast = sample_clip_spec(SampleParams(seconds=6.0, seed=4, motion_only=True, bpm_min=140, bpm_max=140), 3)
+    assert slow.cut_times == () and fast.cut_times == ()
+    assert slow.scenes == fast.scenes and slow.key == fast.key
+    slow_frames, fast_frames = list(render_frames(slow)), list(render_frames(fast))
+    assert np.array_equal(slow_frames[0], fast_frames[0])  # same picture...
+    assert not np.array_equal(slow_frames[-1], fast_frames[-1])  # ...moving at another speed
+
+
+def test_vocal_stem_is_in_the_mix(synth_set):
+    folder, rows = synth_set
+    for row in rows[:3]:
+        mix, sr = media.decode_audio(folder / row["video_file"])
+        accompaniment, _ = media.read_wav(folder / row["accompaniment_file"])
+        vocals, _ = media.read_wav(folder / row["vocals_file"])
+        n = accompaniment.shape[1]
+        lag = best_lag(mix[0], accompaniment[0] + vocals[0])
+        mix = mix[:, lag:lag + n].mean(0)
+        acc, voc = accompaniment[:, : mix.size].mean(0), vocals[:, : mix.size].mean(0)
+        basis = np.stack([acc, voc], axis=1)
+        (gain_acc, gain_voc), *_ = np.linalg.lstsq(basis, mix, rcond=None)
+        assert gain_acc == pytest.approx(1.0, abs=0.05)
+        assert gain_voc == pytest.approx(1.0, abs=0.1)
+        residual = mix - basis @ np.array([gain_acc, gain_voc])
+        without_vocals = mix - acc * (acc @ mix) / (acc @ acc)
+        assert (residual ** 2).mean() < 0.1 * (without_vocals ** 2).mean()
+
+
+def best_lag(signal: np.ndarray, reference: np.ndarray, max_lag: int = 4096) -> int:
+    """The delay (samples) of ``signal`` against ``reference``, e.g. the AAC encoder's priming."""
+    window = reference[: 4 * max_lag]
+    scores = [float(signal[lag:lag + window.size] @ window) for lag in range(max_lag)]
+    return int(np.argmax(scores))
+
+
+def test_render_clip_writes_all_three_files(tmp_path):
+    spec = sample_clip_spec(SampleParams(seconds=2.0), 0)
+    (tmp_path / "stems").mkdir()
+    row = render_clip(spec, tmp_path)
+    for key in ("video_file", "accompaniment_file", "vocals_file"):
+        assert (tmp_path / row[key]).stat().st_size > 0
+    accompaniment, sr = media.read_wav(tmp_path / row["accompaniment_file"])
+    assert accompaniment.shape == (2, 2 * 44100) and sr == 44100
