@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from pipeline import config
-from pipeline.media import MediaError, ffmpeg_exe
+from pipeline.media import ffmpeg_exe
 
 # Expected failures: their message is the whole story for the user.
-USER_ERRORS: tuple[type[BaseException], ...] = (config.ParamsError, MediaError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (config.UserError, FileNotFoundError)
 FORBIDDEN_PACKAGES = ("torchvision", "torchaudio", "timm", "open_clip_torch", "audiocraft")
 
 
@@ -44,6 +44,34 @@ def _cmd_synth(args: argparse.Namespace) -> None:
                           prefix="sample", source="v2m synth")
     labels = render_sample_set(args.out, params, progress=not args.quiet)
     print(f"wrote {params.n_clips} clips and {labels}")
+
+
+def _cmd_manifest_add_shard(args: argparse.Namespace) -> None:
+    from pipeline.acquire.manifest import add_shard
+
+    exclude = args.exclude
+    if exclude is None and args.params.is_file():
+        exclude = Path(config.load_params(args.params, ["data"])["data"].exclude_file)
+    path, skipped = add_shard(args.ids, args.n, manifest_dir=args.manifests, params_file=args.params,
+                              exclude_file=exclude)
+    count = sum(1 for _ in open(path)) - 1
+    print(f"wrote {path} ({count} videos; {skipped} ids skipped as already in a shard or excluded) "
+          f"and added {path.stem} to data.shards in {args.params}; `dvc repro` runs only its stages")
+
+
+def _cmd_download(args: argparse.Namespace) -> None:
+    import logging
+
+    from pipeline.acquire.download import download_shard
+    from pipeline.status import summary
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    params = config.load_params(args.params, ["download", "clip"]) if args.params.is_file() else {}
+    download = params.get("download", config.DownloadParams())
+    seconds = args.seconds if args.seconds is not None else params.get("clip", config.ClipParams()).seconds
+    rows = download_shard(args.manifest, args.out, download, seconds=seconds, proxies=args.proxies,
+                          progress=not args.quiet)
+    print(f"download {args.manifest}: {summary(rows)}; status table {args.out / 'status.parquet'}")
 
 
 def _cmd_params_check(args: argparse.Namespace) -> None:
@@ -98,6 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--height", type=int)
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_cmd_synth)
+
+    manifest = sub.add_parser("manifest", help="manifest shards of video ids")
+    manifest_sub = manifest.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
+    add = manifest_sub.add_parser("add-shard", help="write the next shard from a V2M-style id list")
+    add.add_argument("--ids", type=Path, required=True, help="one YouTube id per line (V2M.txt, V2M-20k.txt...)")
+    add.add_argument("--n", type=int, required=True, help="how many new ids to take")
+    add.add_argument("--exclude", type=Path, help="ids never to take (default: data.exclude_file)")
+    add.add_argument("--manifests", type=Path, default=Path("data/manifests"), help="shard folder")
+    add.add_argument("--params", type=Path, default=config.DEFAULT_PARAMS_FILE, help="params file to update")
+    add.set_defaults(func=_cmd_manifest_add_shard)
+
+    download = sub.add_parser("download", help="download a manifest shard with yt-dlp (as the download stage)")
+    download.add_argument("--manifest", type=Path, required=True, help="a shard CSV (video_id[,url][,sha256])")
+    download.add_argument("--out", type=Path, required=True, help="output folder: videos + status.parquet")
+    download.add_argument("--proxies", type=Path, help="proxy list, one URL per line (default: download.proxies)")
+    download.add_argument("--seconds", type=float, help="clip length to fetch (+ download.margin_seconds)")
+    download.add_argument("--params", type=Path, default=config.DEFAULT_PARAMS_FILE,
+                          help="the download section is read from here when the file exists")
+    download.add_argument("--verbose", action="store_true", help="log every attempt")
+    download.add_argument("--quiet", action="store_true", help="no progress bar")
+    download.set_defaults(func=_cmd_download)
 
     params = sub.add_parser("params", help="check or list params.yaml keys")
     params_sub = params.add_subparsers(dest="params_command", required=True, metavar="ACTION")

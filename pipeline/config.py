@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,7 +23,14 @@ import yaml
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 
-class ParamsError(ValueError):
+class UserError(Exception):
+    """An expected failure whose message is the whole story: bad input, params or files.
+
+    Commands and stages print it as one line and exit with status 2, without a traceback.
+    """
+
+
+class ParamsError(UserError, ValueError):
     """A params file that does not match the typed sections; the message names the key."""
 
 
@@ -234,3 +242,88 @@ class SampleParams:
         check(self.height % 2 == 0, "sample.height", f"must be even for H.264 4:2:0, got {self.height}")
         check(self.bpm_min <= self.bpm_max, "sample.bpm_min",
               f"must be <= sample.bpm_max ({self.bpm_min} > {self.bpm_max})")
+
+
+@section("data")
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    """Which manifest shards the pipeline processes (every per-shard stage runs `foreach` over them)."""
+
+    shards: tuple[str, ...] = param(("s0000",), doc="shard names in data/manifests, e.g. s0000")
+    exclude_file: str = param("data/manifests/exclude.txt", doc="video ids never to add (one per line)")
+
+    def __post_init__(self) -> None:
+        for name in self.shards:
+            check(re.fullmatch(r"s\d{4}", name) is not None, "data.shards",
+                  f"shard names look like s0001, got {name!r}")
+        check(len(set(self.shards)) == len(self.shards), "data.shards", "lists a shard twice")
+
+
+@section("download")
+@dataclasses.dataclass(frozen=True)
+class DownloadParams:
+    """yt-dlp downloads through rotating proxies (stage `download`, `v2m download`)."""
+
+    proxies: str = param("", doc="proxy list file, one URL per line (http/https/socks5); empty = direct")
+    margin_seconds: float = param(5.0, lo=0.0, hi=60.0, doc="fetched beyond clip.seconds")
+    format: str = param("bv*[height<=480]+ba/b[height<=480]/bv*+ba/b", doc="yt-dlp format selector")
+    max_attempts: int = param(6, lo=1, hi=100, doc="tries per video across proxies")
+    backoff_base: float = param(1.0, lo=0.0, hi=600.0, doc="seconds; doubles per failed attempt")
+    backoff_max: float = param(60.0, lo=0.0, hi=3600.0, doc="cap on one backoff wait")
+    proxy_cooldown: float = param(120.0, lo=0.0, hi=86400.0, doc="seconds a failed proxy rests (doubles per failure)")
+    sleep_min: float = param(0.0, lo=0.0, hi=3600.0, doc="random pause between downloads, lower bound")
+    sleep_max: float = param(0.0, lo=0.0, hi=3600.0, doc="random pause between downloads, upper bound")
+    sleep_requests: float = param(0.0, lo=0.0, hi=60.0, doc="pause between yt-dlp's requests")
+    rate_limit: str = param("", doc="bytes/s per download, e.g. 2M; empty = unlimited")
+    user_agent: str = param("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                            "Chrome/131.0.0.0 Safari/537.36", doc="HTTP User-Agent")
+    concurrency: int = param(2, lo=1, hi=64, doc="videos downloaded at once")
+    socket_timeout: float = param(20.0, lo=0.5, hi=600.0, doc="seconds before a silent connection fails")
+    scratch: str = param(".cache/v2m/downloads", doc="resumable download cache, outside the DVC outputs")
+
+    def __post_init__(self) -> None:
+        check(self.sleep_min <= self.sleep_max, "download.sleep_min",
+              f"must be <= download.sleep_max ({self.sleep_min} > {self.sleep_max})")
+        check(re.fullmatch(r"(\d+(\.\d+)?[KMG]?)?", self.rate_limit) is not None, "download.rate_limit",
+              f"must look like 500K, 2M or 2000000, got {self.rate_limit!r}")
+
+
+@section("clip")
+@dataclasses.dataclass(frozen=True)
+class ClipParams:
+    """Exact first-N-seconds clips in standard formats (stage `clip`)."""
+
+    seconds: float = param(8.0, lo=1.0, hi=600.0, doc="clip length: the first N seconds, exactly")
+    min_seconds: float = param(8.0, lo=0.5, hi=600.0, doc="shorter inputs get a status row, not a clip")
+    fps: int = param(12, lo=4, hi=60, doc="video frame rate of the clips (a multiple of 4 keeps 2 and 4 fps exact)")
+    max_height: int = param(360, lo=32, hi=2160, doc="clips taller than this are scaled down")
+    target_rate: int = param(32000, choices=(32000,), doc="mono rate of the target audio (EnCodec 32 kHz)")
+    separation_rate: int = param(44100, choices=(44100,), doc="stereo rate of Demucs's input")
+
+    def __post_init__(self) -> None:
+        check(self.min_seconds <= self.seconds, "clip.min_seconds",
+              f"must be <= clip.seconds ({self.min_seconds} > {self.seconds})")
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomHTDemucsParams:
+    """A small HTDemucs of random weights, saved in Demucs's folder format (stage `separator_init`)."""
+
+    channels: int = param(8, lo=4, hi=96, doc="first-layer channels (htdemucs: 48)")
+    depth: int = param(2, lo=1, hi=6, doc="encoder/decoder layers (htdemucs: 4)")
+    transformer_layers: int = param(1, lo=0, hi=10, doc="cross-domain transformer layers (htdemucs: 5)")
+    seed: int = param(0, lo=0, doc="seed of the random weights")
+
+
+@section("separate")
+@dataclasses.dataclass(frozen=True)
+class SeparateParams:
+    """Demucs vocal removal (stage `separate`): keep drums + bass + other."""
+
+    repo: str = param("models/demucs-random", doc="local Demucs model folder (*.th + NAME.yaml)")
+    model: str = param("v2m-random", doc="model name in that folder; htdemucs for the real weights")
+    segment: float = param(0.0, lo=0.0, hi=60.0, doc="seconds per chunk; 0 = the model's own")
+    overlap: float = param(0.25, lo=0.0, hi=0.9, doc="overlap between chunks")
+    shifts: int = param(0, lo=0, hi=20, doc="random-shift averaging passes (0 = none)")
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when present")
+    random_init: RandomHTDemucsParams = param(RandomHTDemucsParams(), doc="the embedded default's model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.synth import read_labels
+from pipeline.acquire.manifest import ManifestEntry, append_shard_to_params, write_manifest
+from pipeline.config import SampleParams
+from pipeline.status import read_status
+from pipeline.synth import read_labels, render_sample_set
 
 from conftest import REPO
 
@@ -53,30 +57,56 @@ def run(command: list[str], cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.mark.slow
-def test_repro_renders_then_is_a_no_op(tmp_path):
-    """A copy of the tracked tree, small params: repro renders the set; a second repro does nothing."""
-    work = tmp_path / "repo"
+def copy_repo(target: Path) -> Path:
+    """The tracked (and untracked, not ignored) files of the repo, without DVC outputs."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
         if name.startswith(("data/", "metrics/", "models/")) and not name.endswith(".gitignore"):
             continue
         if (REPO / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+    (target / "dvc.lock").unlink(missing_ok=True)
+    run(["git", "init", "-q"], target)
+    return target
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.mark.slow
+def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_path):
+    """Small params: repro runs every stage; again, nothing; a new shard runs only its own stages."""
+    work = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["sample"].update(n_clips=2, seconds=3.0)
+    params["clip"].update(seconds=2.0, min_seconds=2.0)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    (work / "dvc.lock").unlink(missing_ok=True)
-    run(["git", "init", "-q"], work)
+
     first = run(["dvc", "repro"], work)
-    assert "Running stage 'sample'" in first
+    assert {"sample", "download@s0000", "clip@s0000"} <= ran(first)
     rows = read_labels(work / "data" / "sample")
-    assert len(rows) == 2 and all((work / "data" / "sample" / r["video_file"]).is_file() for r in rows)
+    assert len(rows) == 2
+    assert [r["status"] for r in read_status(work / "data" / "raw" / "s0000")] == ["ok", "ok"]
+    assert [r["status"] for r in read_status(work / "data" / "clips" / "s0000")] == ["ok", "ok"]
+
     second = run(["dvc", "repro"], work)
-    assert "Running stage" not in second
-    assert "up to date" in second
+    assert ran(second) == set() and "up to date" in second
+
+    extra = work / "extra"
+    render_sample_set(extra, SampleParams(n_clips=1, seconds=3.0, seed=5), progress=False)
+    row = read_labels(extra)[0]
+    write_manifest(work / "data" / "manifests" / "s0001.csv",
+                   [ManifestEntry(row["video_id"], f"file:extra/{row['video_file']}")])
+    append_shard_to_params(work / "params.yaml", "s0001")
+    third = run(["dvc", "repro"], work)
+    assert {"download@s0001", "clip@s0001"} <= ran(third)
+    assert not any(name.endswith("s0000") or name == "sample" for name in ran(third))
+    assert [r["video_id"] for r in read_status(work / "data" / "clips" / "s0001")] == [row["video_id"]]
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
     params["sample"]["seed"] = 1
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    assert "Running stage 'sample'" in run(["dvc", "repro"], work)
+    assert {"sample", "download@s0000", "clip@s0000"} <= ran(run(["dvc", "repro"], work))

@@ -1,0 +1,132 @@
+"""A rotating pool of proxies with per-proxy health, and redaction of their credentials.
+
+The paper's downloads went through a pre-compiled list of public proxies, moving to the next
+one when a proxy failed. Here each proxy keeps a failure count and rests for a cooldown that
+doubles with every consecutive failure; the pool hands out the next healthy proxy in turn.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+from pipeline.config import UserError
+
+SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
+DIRECT = None  # the "proxy" of a direct connection
+
+
+class ProxyListError(UserError, ValueError):
+    """A proxy list that cannot be used; the message names the file and line (never a password)."""
+
+
+def redact(url: str) -> str:
+    """The URL with its user name and password replaced: safe for logs and status tables.
+
+    Works on malformed URLs too (a bad port must not leak the password into the error about it).
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"***:***@{host}").geturl()
+
+
+@dataclass
+class Proxy:
+    url: str
+    failures: int = 0
+    resting_until: float = 0.0
+    successes: int = 0
+
+    @property
+    def label(self) -> str:
+        return redact(self.url)
+
+
+def read_proxy_list(path: Path | str) -> list[str]:
+    """Proxy URLs from a file: one per line, ``#`` comments and blank lines skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProxyListError(f"{path}: no such proxy list")
+    urls = []
+    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = urlsplit(text)
+        if parts.scheme not in SCHEMES or not parts.hostname:
+            raise ProxyListError(f"{path} line {line_number}: {redact(text)!r} is not a proxy URL "
+                                 f"(scheme://[user:password@]host:port with scheme one of {', '.join(SCHEMES)})")
+        try:
+            parts.port
+        except ValueError:
+            raise ProxyListError(f"{path} line {line_number}: {redact(text)!r} has a bad port") from None
+        urls.append(text)
+    if not urls:
+        raise ProxyListError(f"{path}: lists no proxies")
+    return urls
+
+
+class ProxyPool:
+    """Round-robin over healthy proxies; a failed proxy rests ``cooldown * 2**(failures-1)`` seconds.
+
+    Thread-safe: several download workers share one pool. With no proxies, every call gives
+    the direct connection.
+    """
+
+    def __init__(self, urls: list[str] | None, cooldown: float, clock: Callable[[], float] = time.monotonic):
+        self.proxies = [Proxy(u) for u in (urls or [])]
+        self.cooldown = cooldown
+        self.clock = clock
+        self._next = 0
+        self._lock = threading.Lock()
+
+    @property
+    def direct(self) -> bool:
+        return not self.proxies
+
+    def acquire(self) -> tuple[Proxy | None, float]:
+        """The next proxy to try and how long to wait for it (0 when one is healthy now)."""
+        if self.direct:
+            return DIRECT, 0.0
+        with self._lock:
+            now = self.clock()
+            n = len(self.proxies)
+            for offset in range(n):
+                proxy = self.proxies[(self._next + offset) % n]
+                if proxy.resting_until <= now:
+                    self._next = (self._next + offset + 1) % n
+                    return proxy, 0.0
+            soonest = min(self.proxies, key=lambda p: p.resting_until)
+            self._next = (self.proxies.index(soonest) + 1) % n
+            return soonest, soonest.resting_until - now
+
+    def failed(self, proxy: Proxy | None) -> None:
+        if proxy is None:
+            return
+        with self._lock:
+            proxy.failures += 1
+            proxy.resting_until = self.clock() + self.cooldown * 2 ** (proxy.failures - 1)
+
+    def succeeded(self, proxy: Proxy | None) -> None:
+        if proxy is None:
+            return
+        with self._lock:
+            proxy.failures = 0
+            proxy.resting_until = 0.0
+            proxy.successes += 1
+
+    def scrub(self, text: str) -> str:
+        """Remove proxy credentials from a message (yt-dlp errors can quote the proxy URL)."""
+        for proxy in self.proxies:
+            text = text.replace(proxy.url, proxy.label)
+            password = urlsplit(proxy.url).password
+            if password:
+                text = text.replace(password, "***")
+        return text
+

@@ -1,0 +1,26 @@
+"""Stage `download@<shard>`: fetch a manifest shard with yt-dlp into data/raw/<shard>."""
+
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.acquire.download import download_shard
+from pipeline.acquire.manifest import shard_path
+from pipeline.cli import user_errors
+from pipeline.config import load_params
+from pipeline.status import summary
+
+SECTIONS = ("download", "clip")
+
+
+def main(shard: str) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    with user_errors(f"stage download@{shard}"):
+        params = load_params(sections=SECTIONS)
+        rows = download_shard(shard_path(shard), Path("data/raw") / shard, params["download"],
+                              seconds=params["clip"].seconds)
+        print(f"download {shard}: {summary(rows)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
