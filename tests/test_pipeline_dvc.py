@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import media
 from pipeline.acquire.manifest import ManifestEntry, append_shard_to_params, write_manifest
 from pipeline.config import SampleParams
 from pipeline.status import read_status
@@ -86,11 +87,15 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     (work / "params.yaml").write_text(yaml.safe_dump(params))
 
     first = run(["dvc", "repro"], work)
-    assert {"sample", "download@s0000", "clip@s0000"} <= ran(first)
+    assert {"sample", "download@s0000", "clip@s0000", "separator_init", "separate@s0000"} <= ran(first)
     rows = read_labels(work / "data" / "sample")
     assert len(rows) == 2
     assert [r["status"] for r in read_status(work / "data" / "raw" / "s0000")] == ["ok", "ok"]
     assert [r["status"] for r in read_status(work / "data" / "clips" / "s0000")] == ["ok", "ok"]
+    separated = read_status(work / "data" / "separated" / "s0000")
+    assert [r["status"] for r in separated] == ["ok", "ok"]
+    audio, rate = media.read_wav(work / "data" / "separated" / "s0000" / f"{separated[0]['video_id']}.wav")
+    assert (audio.shape, rate) == ((1, 2 * 32000), 32000)
 
     second = run(["dvc", "repro"], work)
     assert ran(second) == set() and "up to date" in second
@@ -102,11 +107,10 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
                    [ManifestEntry(row["video_id"], f"file:extra/{row['video_file']}")])
     append_shard_to_params(work / "params.yaml", "s0001")
     third = run(["dvc", "repro"], work)
-    assert {"download@s0001", "clip@s0001"} <= ran(third)
-    assert not any(name.endswith("s0000") or name == "sample" for name in ran(third))
+    assert ran(third) == {"download@s0001", "clip@s0001", "separate@s0001"}
     assert [r["video_id"] for r in read_status(work / "data" / "clips" / "s0001")] == [row["video_id"]]
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["sample"]["seed"] = 1
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    assert {"sample", "download@s0000", "clip@s0000"} <= ran(run(["dvc", "repro"], work))
+    assert {"sample", "download@s0000", "clip@s0000", "separate@s0000"} <= ran(run(["dvc", "repro"], work))

@@ -1,0 +1,323 @@
+"""Vocal removal with Demucs: keep the accompaniment (every source but vocals) as the target audio.
+
+Models load through Demucs's own local-repo path, ``demucs.pretrained.get_model(name, repo=folder)``:
+a folder of ``<sig>-<sha256[:8]>.th`` packages plus ``<name>.yaml`` bag files listing the sigs.
+The real htdemucs is ``955717e8-8726e21a.th`` + ``htdemucs.yaml``; with no weights at hand,
+``save_random_htdemucs`` writes a small HTDemucs of random weights in the same format, so every
+code path but the weights is the real one.
+
+Audio arrays are float32 ``[C, S]`` (channels first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soxr
+import torch
+import yaml
+from demucs.apply import BagOfModels, apply_model
+from demucs.htdemucs import HTDemucs
+from demucs.pretrained import get_model
+from demucs.repo import ModelLoadingError
+from demucs.states import save_with_checksum, serialize_model
+from omegaconf import OmegaConf
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline.config import SeparateParams
+from pipeline.files import atomic_path
+from pipeline.media import MediaError, read_wav, write_wav
+from pipeline.status import FAILED, OK, STATUS_FILE, ok_ids, status_schema, summary, write_status
+
+log = logging.getLogger("v2m.separate")
+
+SOURCES = ("drums", "bass", "other", "vocals")
+RANDOM_MARKER = "v2m_random_weights"  # key in the bag yaml (and training_args) of our random models
+HTDEMUCS_URL = "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/955717e8-8726e21a.th"
+
+Separator = Union[BagOfModels, HTDemucs]  # what get_model gives: a bag (name.yaml) or one model (sig)
+
+
+def random_htdemucs(*, channels: int, depth: int, transformer_layers: int, seed: int,
+                    samplerate: int = 44100, segment: float = 7.8):
+    """A small ``demucs.htdemucs.HTDemucs`` of random weights (seeded), 4 sources, stereo.
+
+    HTDemucs's transformer attends over every (frequency, frame) cell left at the bottom of the
+    U-Net, 2 * S / stride**depth tokens for a chunk of S samples, and over S / stride**depth time
+    steps: with htdemucs's stride of 4, a depth-2 model would attend over 16 times as many tokens as
+    htdemucs, each way. So the stride is the power of two nearest 256 ** (1 / depth) (at least 4,
+    kernel twice the stride): stride**depth stays near htdemucs's 4**4 = 256, and at depths 1, 2 and
+    4 the bottom is htdemucs's own, 8 frequency bins x S / 1024 frames and S / 256 time steps.
+
+    Args:
+        channels: first-layer channels (htdemucs: 48); each layer doubles them.
+        depth: encoder/decoder layers, 1 to 5 with a transformer (htdemucs: 4).
+        transformer_layers: cross-domain transformer layers, 0 = none (htdemucs: 5).
+        segment: seconds per chunk the model was "trained" on (htdemucs: 7.8).
+    """
+    width = channels * 2 ** (depth - 1)  # transformer channels
+    if transformer_layers and width % 4:
+        raise ValueError(f"channels * 2**(depth-1) = {width} must be a multiple of 4 for HTDemucs's "
+                         f"2-D positional embedding (channels={channels}, depth={depth})")
+    if transformer_layers and depth > 5:
+        raise ValueError(f"depth={depth}: past depth 5 HTDemucs has no frequency axis left for its "
+                         "transformer; use depth <= 5 or transformer_layers=0")
+    stride = max(4, 2 ** round(8 / depth))
+    kwargs = dict(
+        sources=list(SOURCES), audio_channels=2, samplerate=samplerate,
+        segment=Fraction(segment).limit_denominator(1000),  # Demucs stores 7.8 s as Fraction(39, 5)
+        channels=channels, depth=depth, t_layers=transformer_layers,
+        stride=stride, kernel_size=2 * stride, nfft=4096,
+        # Heads of >= 8 channels: tiny heads only multiply the attention maps' cost.
+        t_heads=next(h for h in (8, 4, 2, 1) if width % h == 0 and width // h >= 8 or h == 1),
+        dconv_comp=min(8, channels),  # the residual branch has channels // dconv_comp > 0 channels
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return HTDemucs(**kwargs)
+
+
+def save_random_htdemucs(repo: Path, name: str, *, channels: int, depth: int, transformer_layers: int,
+                         seed: int, samplerate: int = 44100, segment: float = 7.8) -> Path:
+    """Write a random-weights HTDemucs as Demucs local-repo folder ``repo`` (replaced atomically).
+
+    The folder holds ``<sig>-<sha256[:8]>.th`` (Demucs's ``serialize_model`` package, fp16 weights,
+    named by ``save_with_checksum``) and ``<name>.yaml`` (``models: [<sig>]``), so
+    ``demucs.pretrained.get_model(name, repo=repo)`` loads it. Same arguments, same bytes.
+
+    Returns:
+        ``repo``.
+    """
+    model = random_htdemucs(channels=channels, depth=depth, transformer_layers=transformer_layers,
+                            seed=seed, samplerate=samplerate, segment=segment)
+    recipe = dict(channels=channels, depth=depth, transformer_layers=transformer_layers, seed=seed,
+                  samplerate=samplerate, segment=str(model.segment))
+    # Like a Demucs XP signature, the sig hashes the configuration: every constructor argument + seed.
+    _, kwargs = model._init_args_kwargs
+    sig = hashlib.sha256(json.dumps({**kwargs, "seed": seed}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    package = serialize_model(model, OmegaConf.create({RANDOM_MARKER: True, **recipe}))
+    bag = {"models": [sig], RANDOM_MARKER: True}
+    with atomic_path(repo) as temp:
+        temp.mkdir()
+        save_with_checksum(package, temp / f"{sig}.th")
+        (temp / f"{name}.yaml").write_text(
+            "# HTDemucs with RANDOM weights (pipeline.separate.save_random_htdemucs): not a separator.\n"
+            + yaml.safe_dump(bag, sort_keys=False))
+    return Path(repo)
+
+
+def save_random_from_params(params: SeparateParams) -> Path:
+    """``save_random_htdemucs`` for the ``separate`` section: ``params.repo`` / ``params.model``."""
+    init = params.random_init
+    return save_random_htdemucs(Path(params.repo), params.model, channels=init.channels, depth=init.depth,
+                                transformer_layers=init.transformer_layers, seed=init.seed)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cpu``/``cuda`` as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+    return device
+
+
+def _where_from(name: str) -> str:
+    if name == "htdemucs":
+        return (f"the real htdemucs is 955717e8-8726e21a.th ({HTDEMUCS_URL}) plus htdemucs.yaml "
+                "(\"models: ['955717e8']\", a copy of demucs/remote/htdemucs.yaml); on a machine with internet, "
+                "demucs < 4.1 get_model('htdemucs') leaves the .th in ~/.cache/torch/hub/checkpoints/")
+    return ("a random-weights model is written by the separator_init stage "
+            "(pipeline.separate.save_random_htdemucs); the real weights are model htdemucs")
+
+
+def _check_repo(repo: Path, name: str) -> bool:
+    """Raise FileNotFoundError unless ``repo`` has model ``name`` and every .th its bag lists.
+
+    Returns:
+        Whether the bag yaml marks the model as random weights.
+    """
+    if not repo.is_dir():
+        raise FileNotFoundError(f"Demucs model folder {repo} does not exist; {_where_from(name)}")
+    sigs = {path.stem.split("-")[0] for path in repo.glob("*.th")}
+    if name in sigs:
+        return False
+    bag_file = repo / f"{name}.yaml"
+    if not bag_file.is_file():
+        raise FileNotFoundError(f"{bag_file} not found (no model {name!r} in {repo}); {_where_from(name)}")
+    bag = yaml.safe_load(bag_file.read_text()) or {}
+    for sig in bag.get("models", []):
+        if sig not in sigs:
+            raise FileNotFoundError(f"{bag_file} lists model {sig}, but {repo} has no {sig}-<checksum>.th; "
+                                    f"{_where_from(name)}")
+    return bool(bag.get(RANDOM_MARKER))
+
+
+def load_separator(repo: Path, name: str, device: str = "auto") -> Separator:
+    """Load model ``name`` (a bag yaml or a sig) from Demucs folder ``repo``, in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: the folder, the bag yaml or a .th it lists is missing.
+        demucs.repo.ModelLoadingError: a .th whose sha256 does not match the checksum in its name.
+    """
+    repo = Path(repo)
+    random_weights = _check_repo(repo, name)
+    try:
+        model = get_model(name, repo=repo)
+    except ModelLoadingError as exc:
+        raise ModelLoadingError(f"{exc}: the file is corrupt or incomplete; {_where_from(name)}") from None
+    if random_weights:
+        log.warning("%s/%s has RANDOM weights: its output is not a real vocal separation "
+                    "(use model htdemucs for that)", repo, name)
+    return model.to(resolve_device(device)).eval()
+
+
+@dataclass(frozen=True)
+class Stems:
+    """Separated sources at ``samplerate``, each float32 ``[2, S]``; the mix is their sum."""
+
+    samplerate: int
+    sources: dict[str, np.ndarray]
+
+    @property
+    def vocals(self) -> np.ndarray:
+        return self.sources["vocals"]
+
+    @property
+    def accompaniment(self) -> np.ndarray:
+        """Every source but vocals (drums + bass + other for htdemucs), ``[2, S]``."""
+        return sum(audio for source, audio in self.sources.items() if source != "vocals")
+
+
+@contextlib.contextmanager
+def _seeded_python_random(seed: int):
+    # apply_model draws its shift offsets from the global `random`: seed it so that the same
+    # input gives the same output (DVC caches by content), then give the caller its state back.
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def separate_accompaniment(model: Separator, audio: np.ndarray, *, segment: float = 0.0, overlap: float = 0.25,
+                           shifts: int = 0, device: str = "auto") -> Stems:
+    """Separate ``audio`` into the model's sources, the way ``demucs.api.Separator`` does.
+
+    Args:
+        model: from ``load_separator``.
+        audio: float ``[C, S]`` (C = 1 or 2; mono is duplicated) or ``[S]``, at ``model.samplerate``.
+        segment: seconds per chunk; 0 = the model's own (HTDemucs cannot take longer ones).
+        overlap: fraction of a chunk shared with the next.
+        shifts: random-shift passes averaged (0 = none); seeded, so repeatable.
+
+    Returns:
+        ``Stems`` of float32 ``[2, S]`` arrays at ``model.samplerate``.
+    """
+    if "vocals" not in model.sources:
+        raise ValueError(f"model has no vocals source to remove: {model.sources}")
+    wav = torch.from_numpy(np.atleast_2d(np.asarray(audio, dtype=np.float32)))
+    if wav.shape[0] not in (1, 2):
+        raise ValueError(f"audio must be [C, S] with C = 1 or 2, got shape {tuple(wav.shape)}")
+    wav = wav.expand(model.audio_channels, -1)
+    limit = (model.max_allowed_segment if isinstance(model, BagOfModels)
+             else float(model.segment) if isinstance(model, HTDemucs) else float("inf"))
+    if segment > limit:
+        raise ValueError(f"segment {segment} s is longer than the {limit:g} s this transformer model was "
+                         "trained on (0 = the model's own)")
+    # Demucs's own normalisation (demucs.api.Separator.separate_tensor): by the mono mix's mean and std.
+    ref = wav.mean(0)
+    mean, std = ref.mean(), ref.std() + 1e-8
+    with _seeded_python_random(0), torch.inference_mode():
+        out = apply_model(model, ((wav - mean) / std)[None], segment=segment or None, shifts=shifts, split=True,
+                          overlap=overlap, device=resolve_device(device), progress=False)
+    out = (out[0] * std + mean).cpu().numpy()  # [sources, 2, S]
+    return Stems(int(model.samplerate), dict(zip(model.sources, out)))
+
+
+def to_target(audio: np.ndarray, sr_in: int, sr_out: int = 32000) -> np.ndarray:
+    """Mono downmix and resample (soxr, very high quality).
+
+    Args:
+        audio: float ``[C, S]`` at ``sr_in``.
+
+    Returns:
+        float32 ``[1, S_out]`` at ``sr_out``, S_out = round(S * sr_out / sr_in) exactly.
+    """
+    mono = np.atleast_2d(np.asarray(audio, dtype=np.float32)).mean(axis=0)
+    n_out = round(Fraction(mono.shape[0] * sr_out, sr_in))
+    if sr_in != sr_out:
+        mono = soxr.resample(mono, sr_in, sr_out, quality="VHQ")
+    # soxr's length can differ from the exact one by a sample: trim or zero-pad to it.
+    mono = np.pad(mono[:n_out], (0, max(0, n_out - mono.shape[0])))
+    return mono[None].astype(np.float32)
+
+
+def separate_file(model: Separator, in_wav: Path, out_wav: Path, *, target_rate: int = 32000, segment: float = 0.0,
+                  overlap: float = 0.25, shifts: int = 0, device: str = "auto") -> dict:
+    """Separate a stereo wav at the model's rate; write its accompaniment as mono 16-bit ``target_rate`` wav.
+
+    Returns:
+        Facts: ``seconds`` of audio, ``output_samples``, ``realtime_factor`` (audio seconds per wall
+        second of separation), ``peak`` of the written audio before 16-bit clipping.
+    """
+    audio, rate = read_wav(in_wav)
+    if rate != model.samplerate:
+        raise ValueError(f"{in_wav}: {rate} Hz, but the separator takes {model.samplerate} Hz")
+    start = time.perf_counter()
+    stems = separate_accompaniment(model, audio, segment=segment, overlap=overlap, shifts=shifts, device=device)
+    elapsed = time.perf_counter() - start
+    target = to_target(stems.accompaniment, stems.samplerate, target_rate)
+    write_wav(out_wav, target, target_rate, subtype="PCM_16")
+    seconds = audio.shape[1] / rate
+    return {"seconds": seconds, "output_samples": int(target.shape[1]),
+            "realtime_factor": seconds / max(elapsed, 1e-9), "peak": float(np.abs(target).max(initial=0.0))}
+
+
+SEPARATE_STATUS = status_schema(
+    pa.field("seconds", pa.float64()),
+    pa.field("samples", pa.int64()),
+    pa.field("realtime_factor", pa.float64()),
+)
+
+
+def separate_shard(clips_dir: Path | str, out_dir: Path | str, params: SeparateParams, target_rate: int,
+                   progress: bool = True) -> list[dict]:
+    """Remove the vocals of every clip the clip stage finished; ``out_dir/<id>.wav`` + status.parquet.
+
+    Writes ``out_dir`` atomically; a clip whose separation fails gets a status row and the shard goes on.
+    """
+    clips_dir, out_dir = Path(clips_dir), Path(out_dir)
+    video_ids = ok_ids(clips_dir)
+    model = load_separator(Path(params.repo), params.model, params.device)
+    rows = []
+    with atomic_path(out_dir) as temp:
+        temp.mkdir(parents=True)
+        for video_id in tqdm(video_ids, desc=f"separate {clips_dir.name}", unit="clip", disable=not progress):
+            try:
+                facts = separate_file(model, clips_dir / f"{video_id}.44k.wav", temp / f"{video_id}.wav",
+                                      target_rate=target_rate, segment=params.segment, overlap=params.overlap,
+                                      shifts=params.shifts, device=params.device)
+            except (ValueError, RuntimeError, MediaError) as error:
+                rows.append({"video_id": video_id, "status": FAILED, "error_class": "separation_error",
+                             "error_message": f"{video_id}: {error}"})
+                continue
+            rows.append({"video_id": video_id, "status": OK, "error_class": None, "error_message": None,
+                         "seconds": facts["seconds"], "samples": facts["output_samples"],
+                         "realtime_factor": facts["realtime_factor"]})
+        write_status(temp / STATUS_FILE, rows, SEPARATE_STATUS)
+    log.info("separate %s: %s", clips_dir.name, summary(rows))
+    return rows
