@@ -327,3 +327,70 @@ class SeparateParams:
     shifts: int = param(0, lo=0, hi=20, doc="random-shift averaging passes (0 = none)")
     device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when present")
     random_init: RandomHTDemucsParams = param(RandomHTDemucsParams(), doc="the embedded default's model")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualFeatureParams:
+    """CLIP ViT-B/32 patch tokens (stage `visual`)."""
+
+    model: str = param("models/clip-random", doc="local CLIPVisionModel folder, or a hub id in the local cache")
+    fps: int = param(2, lo=1, hi=30, doc="frames per second encoded")
+    batch_size: int = param(32, lo=1, hi=4096, doc="frames per CLIP forward (across clips)")
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when present")
+    dtype: str = param("float32", choices=("float32", "bfloat16", "float16"), doc="compute precision")
+    init_seed: int = param(0, lo=0, doc="seed of the embedded default's random CLIP (stage clip_init)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowFeatureParams:
+    """Farneback optical-flow magnitude maps (stage `motion`); the OpenCV parameters are Farneback's."""
+
+    fps: int = param(4, lo=1, hi=30, doc="grayscale frames per second")
+    size: int = param(224, lo=16, hi=1024, doc="frames are resized to size x size before the flow")
+    pyr_scale: float = param(0.5, lo=0.1, hi=0.9, doc="pyramid scale")
+    levels: int = param(3, lo=1, hi=10, doc="pyramid levels")
+    winsize: int = param(15, lo=3, hi=101, doc="averaging window")
+    iterations: int = param(3, lo=1, hi=50, doc="iterations per level")
+    poly_n: int = param(5, choices=(5, 7), doc="pixel neighbourhood of the polynomial expansion")
+    poly_sigma: float = param(1.2, lo=0.5, hi=3.0, doc="Gaussian sigma of the polynomial expansion")
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecCalibrationParams:
+    """Residual k-means of a random codec's RVQ codebooks (stage `codec_init`, embedded default only)."""
+
+    shard: str = param("s0000", doc="shard whose train-split separated audio calibrates the codebooks")
+    init_frames: int = param(2048, lo=64, hi=1_000_000, doc="sampled encoder frames that seed each codebook")
+    iterations: int = param(8, lo=0, hi=100, doc="Lloyd iterations per codebook")
+    min_frames_per_entry: int = param(4, lo=1, hi=1000, doc="fit at most frames/N entries (fewer frames: noise codes)")
+    seed: int = param(0, lo=0, doc="seed of the random codec weights and the sampling")
+
+
+@dataclasses.dataclass(frozen=True)
+class CodesFeatureParams:
+    """EnCodec 32 kHz tokens of the separated accompaniment (stage `codes`)."""
+
+    codec: str = param("models/encodec-calibrated", doc="local EncodecModel folder (or musicgen's audio_encoder)")
+    bandwidth: float = param(2.2, lo=0.5, hi=24.0, doc="kbps; 2.2 = 4 codebooks at 50 Hz (MusicGen)")
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when present")
+    calibration: CodecCalibrationParams = param(CodecCalibrationParams(), doc="embedded default's codec")
+
+
+@section("features")
+@dataclasses.dataclass(frozen=True)
+class FeaturesParams:
+    """The feature cache: data/features/{clip,flow,codes}/<shard>.parquet."""
+
+    clip: VisualFeatureParams = param(VisualFeatureParams(), doc="CLIP tokens")
+    flow: FlowFeatureParams = param(FlowFeatureParams(), doc="optical flow magnitude")
+    codes: CodesFeatureParams = param(CodesFeatureParams(), doc="EnCodec codes")
+
+
+@section("split")
+@dataclasses.dataclass(frozen=True)
+class SplitParams:
+    """Train/val/test membership by a hash of the video id: stable when shards are added."""
+
+    val_fraction: float = param(0.15, lo=0.0, hi=0.5, doc="share of videos held out for validation")
+    test_fraction: float = param(0.15, lo=0.0, hi=0.5, doc="share of videos held out for testing")
+    salt: str = param("v2m", doc="changes every assignment when changed")

@@ -37,6 +37,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline.config import SeparateParams
+from pipeline.device import resolve_device
 from pipeline.files import atomic_path
 from pipeline.media import MediaError, read_wav, write_wav
 from pipeline.status import FAILED, OK, STATUS_FILE, ok_ids, status_schema, summary, write_status
@@ -123,15 +124,6 @@ def save_random_from_params(params: SeparateParams) -> Path:
     init = params.random_init
     return save_random_htdemucs(Path(params.repo), params.model, channels=init.channels, depth=init.depth,
                                 transformer_layers=init.transformer_layers, seed=init.seed)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cpu``/``cuda`` as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
-    return device
 
 
 def _where_from(name: str) -> str:

@@ -14,6 +14,7 @@ import yaml
 from pipeline import media
 from pipeline.acquire.manifest import ManifestEntry, append_shard_to_params, write_manifest
 from pipeline.config import SampleParams
+from pipeline.features.store import FeatureShard
 from pipeline.status import read_status
 from pipeline.synth import read_labels, render_sample_set
 
@@ -87,7 +88,8 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     (work / "params.yaml").write_text(yaml.safe_dump(params))
 
     first = run(["dvc", "repro"], work)
-    assert {"sample", "download@s0000", "clip@s0000", "separator_init", "separate@s0000"} <= ran(first)
+    assert ran(first) == {"sample", "download@s0000", "clip@s0000", "separator_init", "separate@s0000",
+                          "clip_init", "codec_init", "visual@s0000", "motion@s0000", "codes@s0000"}
     rows = read_labels(work / "data" / "sample")
     assert len(rows) == 2
     assert [r["status"] for r in read_status(work / "data" / "raw" / "s0000")] == ["ok", "ok"]
@@ -97,8 +99,17 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     audio, rate = media.read_wav(work / "data" / "separated" / "s0000" / f"{separated[0]['video_id']}.wav")
     assert (audio.shape, rate) == ((1, 2 * 32000), 32000)
 
+    clip_table = FeatureShard(work / "data" / "features" / "clip" / "s0000.parquet")
+    assert clip_table[rows[0]["video_id"]]["tokens"].shape == (4, 50, 768)  # 2 s at 2 fps
+    assert FeatureShard(work / "data" / "features" / "codes" / "s0000.parquet")[rows[0]["video_id"]]["codes"].shape == (100, 4)
+
     second = run(["dvc", "repro"], work)
     assert ran(second) == set() and "up to date" in second
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["features"]["flow"]["winsize"] = 13
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert ran(run(["dvc", "repro"], work)) == {"motion@s0000"}
 
     extra = work / "extra"
     render_sample_set(extra, SampleParams(n_clips=1, seconds=3.0, seed=5), progress=False)
@@ -107,10 +118,11 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
                    [ManifestEntry(row["video_id"], f"file:extra/{row['video_file']}")])
     append_shard_to_params(work / "params.yaml", "s0001")
     third = run(["dvc", "repro"], work)
-    assert ran(third) == {"download@s0001", "clip@s0001", "separate@s0001"}
+    assert ran(third) == {"download@s0001", "clip@s0001", "separate@s0001", "visual@s0001", "motion@s0001",
+                          "codes@s0001"}
     assert [r["video_id"] for r in read_status(work / "data" / "clips" / "s0001")] == [row["video_id"]]
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["sample"]["seed"] = 1
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    assert {"sample", "download@s0000", "clip@s0000", "separate@s0000"} <= ran(run(["dvc", "repro"], work))
+    assert {"sample", "download@s0000", "clip@s0000", "separate@s0000", "codec_init"} <= ran(run(["dvc", "repro"], work))

@@ -1,0 +1,91 @@
+"""Feature stage speed, in ONE run: (a) CLIP forward alone vs (b) the whole features path, on the same K clips.
+
+(a) times only CLIP's forward passes over the clips' frames (decoded and preprocessed beforehand);
+(b) times decode + preprocess + Farneback flow + CLIP + Parquet writing, overlapped as the stages
+run them. Both print clip-seconds per wall-second; b/a says how close the stage comes to being
+bound by CLIP alone (target >= 0.85). Also: bytes per 30 s clip of each table and the loader's
+read throughput from the shards. Uses the full ViT-B/32 architecture (random weights, same cost).
+
+Usage: python benchmarks/features.py [--clips 6] [--seconds 10] [--width 640 --height 360]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import media
+from pipeline.config import CodesFeatureParams, FlowFeatureParams, SampleParams, VisualFeatureParams
+from pipeline.features import codec as codec_lib
+from pipeline.features.extract import ClipInput, codes_table, extract_tables
+from pipeline.features.store import FeatureReader
+from pipeline.features.visual import encode_frames, preprocess, random_clip
+from pipeline.synth import read_labels, render_sample_set
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    visual = VisualFeatureParams(batch_size=args.batch_size, model="random ViT-B/32")
+    flow = FlowFeatureParams()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = random_clip(seed=0).to(device).eval()
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        render_sample_set(scratch / "clips", SampleParams(n_clips=args.clips, seconds=args.seconds, width=args.width,
+                                                          height=args.height, fps=12), progress=False)
+        rows = read_labels(scratch / "clips")
+        clips = [ClipInput(r["video_id"], scratch / "clips" / r["video_file"], args.seconds) for r in rows]
+        content = args.clips * args.seconds
+
+        pixels = torch.cat([preprocess(media.sample_frames(c.path, rgb_fps=visual.fps).rgb) for c in clips])
+        encode_frames(model, pixels[: visual.batch_size], visual.batch_size)  # warm-up, not timed
+        start = time.perf_counter()
+        encode_frames(model, pixels, visual.batch_size)
+        clip_alone = time.perf_counter() - start
+
+        start = time.perf_counter()
+        extract_tables(clips, visual=visual, model=model, flow=flow, clip_out=scratch / "clip.parquet",
+                       flow_out=scratch / "flow.parquet", flow_workers=1, progress=False)
+        whole = time.perf_counter() - start
+
+        audio_dir = scratch / "audio"
+        for clip in clips:
+            mono, _ = media.decode_audio(clip.path, 32000, channels=1)
+            media.write_wav(audio_dir / f"{clip.video_id}.wav", mono, 32000)
+        codec = codec_lib.random_codec(seed=0)
+        codes_table([c.video_id for c in clips], audio_dir, scratch / "codes.parquet", CodesFeatureParams(), codec,
+                    progress=False)
+
+        sizes = {table: (scratch / f"{table}.parquet").stat().st_size for table in ("clip", "flow", "codes")}
+        start = time.perf_counter()
+        touched = 0.0
+        readers = {t: FeatureReader([scratch / f"{t}.parquet"]) for t in ("clip", "flow", "codes")}
+        for video_id in readers["clip"].ids():
+            for table, reader in readers.items():
+                for array in reader[video_id].values():
+                    touched += float(np.asarray(array).reshape(-1)[-1])  # touch the data, not just headers
+        read_time = time.perf_counter() - start
+
+    rate_a, rate_b = content / clip_alone, content / whole
+    print(f"frames: {pixels.shape[0]} at {visual.fps} fps for CLIP, {flow.fps} fps flow at {flow.size}x{flow.size}; "
+          f"device {device}, {torch.get_num_threads()} torch threads")
+    print(f"bytes per 30 s clip: clip {sizes['clip'] / content * 30 / 1e6:.2f} MB, "
+          f"flow {sizes['flow'] / content * 30 / 1e6:.2f} MB, codes {sizes['codes'] / content * 30 / 1e3:.1f} kB")
+    print(f"loader: {args.clips / read_time:.1f} clips/s reading all three tables ({touched:.0f})")
+    print(f"(a) CLIP forward alone: {rate_a:.2f} clip-s/s; (b) whole features path (decode+flow+CLIP+write): "
+          f"{rate_b:.2f} clip-s/s; b/a = {rate_b / rate_a:.2f} (target >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()

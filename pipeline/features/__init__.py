@@ -1,0 +1,1 @@
+"""Feature cache: CLIP tokens, optical-flow magnitude, EnCodec codes, in Parquet shards."""

@@ -1,0 +1,224 @@
+"""Feature extraction for a shard of clips, overlapping decode, flow and CLIP.
+
+One decode pass per clip yields both frame streams (RGB at ``features.clip.fps`` for CLIP,
+grayscale at ``features.flow.fps`` for Farneback). A producer thread decodes and preprocesses
+clip after clip while flow runs in a small thread pool and the calling thread feeds CLIP with
+batches that span clips, so CLIP's compute, not decoding, flow or I/O, sets the pace.
+
+The DVC stages ask for one table each (``visual`` -> clip, ``motion`` -> flow) so that a
+flow-only params change reruns only the flow stages; ``v2m generate`` and the benchmark ask
+for both in one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline import media
+from pipeline.config import CodesFeatureParams, FlowFeatureParams, VisualFeatureParams
+from pipeline.features import codec as codec_lib
+from pipeline.features.motion import flow_kwargs, flow_magnitudes, quantize
+from pipeline.features.store import ShardWriter, tensor_column
+from pipeline.features.visual import HIDDEN_STATE, encode_frames, preprocess
+from pipeline.status import FAILED, OK, read_status, status_schema, summary, write_status
+
+log = logging.getLogger("v2m.features")
+
+FEATURE_STATUS = status_schema(pa.field("rows", pa.int32()))
+
+
+@dataclass
+class ClipInput:
+    """A clip to extract: its id, video file and length in seconds (from the clip stage's status)."""
+
+    video_id: str
+    path: Path
+    seconds: float
+
+
+def clip_inputs(clips_dir: Path | str) -> list[ClipInput]:
+    """The clips the clip stage finished, in its status order."""
+    clips_dir = Path(clips_dir)
+    return [ClipInput(row["video_id"], clips_dir / f"{row['video_id']}.mp4", row["seconds"])
+            for row in read_status(clips_dir) if row["status"] == OK]
+
+
+@dataclass
+class _Decoded:
+    clip: ClipInput
+    pixels: "np.ndarray | None" = None    # [N_v, 3, 224, 224] float32, preprocessed for CLIP
+    flow: "Future | None" = None           # -> float32 [N_m, S, S]
+    error: "str | None" = None
+
+
+def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None = None, model=None,
+                   flow: FlowFeatureParams | None = None, clip_out: Path | None = None,
+                   flow_out: Path | None = None, flow_workers: int = 1, progress: bool = True,
+                   desc: str = "features") -> list[dict]:
+    """Write the CLIP table (``clip_out``) and/or the flow table (``flow_out``) for ``clips``.
+
+    Args:
+        visual, model: CLIP params and a loaded CLIPVisionModel (needed for ``clip_out``).
+        flow: Farneback params (needed for ``flow_out``).
+
+    Returns:
+        One status row per clip (``rows`` = frames written per table); a clip that cannot be
+        decoded gets a failed row and is left out of the tables.
+    """
+    want_rgb, want_gray = clip_out is not None, flow_out is not None
+    decoded: queue.Queue[_Decoded | None] = queue.Queue(maxsize=4)
+    flow_pool = ThreadPoolExecutor(max_workers=flow_workers) if want_gray else None
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for clip in clips:
+                if stop.is_set():
+                    return
+                item = _Decoded(clip)
+                try:
+                    frames = media.sample_frames(clip.path, rgb_fps=visual.fps if want_rgb else None,
+                                                 gray_fps=flow.fps if want_gray else None, seconds=clip.seconds)
+                    if want_rgb:
+                        item.pixels = preprocess(frames.rgb)
+                    if want_gray:
+                        item.flow = flow_pool.submit(flow_magnitudes, frames.gray, **flow_kwargs(flow))
+                except media.MediaError as error:
+                    item.error = str(error)
+                decoded.put(item)
+        finally:
+            decoded.put(None)
+
+    producer = threading.Thread(target=produce, name="decode", daemon=True)
+    writers = []
+    clip_writer = flow_writer = None
+    if want_rgb:
+        clip_writer = ShardWriter(clip_out, "clip", [
+            pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
+            pa.field("tokens", _tokens_type(model))],
+            {"model": visual.model, "params": dataclasses.asdict(visual), "hidden_state": HIDDEN_STATE,
+             "units": "CLIP hidden states, CLS token first then 7x7 patches row by row"})
+        writers.append(clip_writer)
+    if want_gray:
+        flow_writer = ShardWriter(flow_out, "flow", [
+            pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
+            pa.field("magnitude", pa.fixed_shape_tensor(pa.uint8(), [flow.size, flow.size])),
+            pa.field("scale", pa.float32())],
+            {"params": dataclasses.asdict(flow), "method": "cv2.calcOpticalFlowFarneback, magnitude only",
+             "units": "pixels of the size x size frame per frame interval; map 0 is zero (no previous frame)",
+             "quantization": "magnitude = q * scale / 255"}, compression="zstd")
+        writers.append(flow_writer)
+
+    rows: list[dict] = []
+    pending: list[_Decoded] = []   # clips waiting for CLIP, in order
+    bar = tqdm(total=len(clips), desc=desc, unit="clip", disable=not progress)
+
+    def finish(items: list[_Decoded], tokens: np.ndarray | None) -> None:
+        offset = 0
+        for item in items:
+            count = 0
+            if clip_writer is not None:
+                n = item.pixels.shape[0]
+                clip_writer.write_clip(item.clip.video_id, {
+                    "frame": np.arange(n, dtype=np.int32), "time": np.arange(n, dtype=np.float32) / visual.fps,
+                    "tokens": tensor_column(tokens[offset:offset + n])})
+                offset += n
+                count = n
+            if flow_writer is not None:
+                q, scale = quantize(item.flow.result())
+                n = q.shape[0]
+                flow_writer.write_clip(item.clip.video_id, {
+                    "frame": np.arange(n, dtype=np.int32), "time": np.arange(n, dtype=np.float32) / flow.fps,
+                    "magnitude": tensor_column(q), "scale": scale})
+                count = count or n
+            rows.append({"video_id": item.clip.video_id, "status": OK, "error_class": None,
+                         "error_message": None, "rows": count})
+            bar.update(1)
+
+    try:
+        for writer in writers:
+            writer.__enter__()
+        producer.start()
+        while True:
+            item = decoded.get()
+            if item is not None and item.error is not None:
+                rows.append({"video_id": item.clip.video_id, "status": FAILED, "error_class": "unreadable",
+                             "error_message": item.error, "rows": 0})
+                bar.update(1)
+                continue
+            if item is not None:
+                pending.append(item)
+            frames_waiting = sum(p.pixels.shape[0] for p in pending) if want_rgb else 0
+            if pending and (item is None or not want_rgb or frames_waiting >= visual.batch_size):
+                tokens = None
+                if want_rgb:
+                    tokens = encode_frames(model, np.concatenate([p.pixels for p in pending]), visual.batch_size)
+                finish(pending, tokens)
+                pending = []
+            if item is None:
+                break
+    except BaseException as error:
+        stop.set()
+        for writer in reversed(writers):
+            writer.__exit__(type(error), error, error.__traceback__)
+        raise
+    finally:
+        bar.close()
+        if flow_pool is not None:
+            flow_pool.shutdown(wait=True)
+    for writer in reversed(writers):
+        writer.__exit__(None, None, None)
+    producer.join()
+    return rows
+
+
+def _tokens_type(model) -> pa.DataType:
+    config = model.config
+    tokens = (config.image_size // config.patch_size) ** 2 + 1
+    return pa.fixed_shape_tensor(pa.float16(), [tokens, config.hidden_size])
+
+
+def codes_table(video_ids: Iterable[str], audio_dir: Path, out: Path, params: CodesFeatureParams, model,
+                progress: bool = True, desc: str = "codes") -> list[dict]:
+    """EnCodec codes of ``audio_dir/<id>.wav`` (32 kHz mono) for each id; one status row per clip."""
+    video_ids = list(video_ids)
+    rows = []
+    n_codebooks = None
+    with ShardWriter(out, "codes", [pa.field("frame", pa.int32()),
+                                    pa.field("codes", pa.fixed_shape_tensor(
+                                        pa.int16(), [codec_lib.num_codebooks(model, params.bandwidth)]))],
+                     {"model": params.codec, "params": dataclasses.asdict(params), "frame_rate": 50,
+                      "units": "EnCodec RVQ indices, one row per 20 ms frame, codebooks 0..K-1"}) as writer:
+        for video_id in tqdm(video_ids, desc=desc, unit="clip", disable=not progress):
+            try:
+                audio, rate = media.read_wav(audio_dir / f"{video_id}.wav")
+                if rate != model.config.sampling_rate or audio.shape[0] != 1:
+                    raise media.MediaError(f"{audio_dir / video_id}.wav: {audio.shape[0]} channel(s) at {rate} Hz, "
+                                           f"the codec takes mono {model.config.sampling_rate} Hz")
+                codes = codec_lib.encode(model, audio, bandwidth=params.bandwidth)   # [K, T]
+            except media.MediaError as error:
+                rows.append({"video_id": video_id, "status": FAILED, "error_class": "unreadable",
+                             "error_message": str(error), "rows": 0})
+                continue
+            n_codebooks = codes.shape[0]
+            writer.write_clip(video_id, {"frame": np.arange(codes.shape[1], dtype=np.int32),
+                                         "codes": tensor_column(np.ascontiguousarray(codes.T))})
+            rows.append({"video_id": video_id, "status": OK, "error_class": None, "error_message": None,
+                         "rows": int(codes.shape[1])})
+    log.info("%s: %s (K=%s)", desc, summary(rows), n_codebooks)
+    return rows
+
+
+def write_feature_status(path: Path, rows: list[dict]) -> Path:
+    return write_status(path, rows, FEATURE_STATUS)
