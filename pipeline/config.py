@@ -394,3 +394,43 @@ class SplitParams:
     val_fraction: float = param(0.15, lo=0.0, hi=0.5, doc="share of videos held out for validation")
     test_fraction: float = param(0.15, lo=0.0, hi=0.5, doc="share of videos held out for testing")
     salt: str = param("v2m", doc="changes every assignment when changed")
+
+
+@section("model")
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    """The video-to-music model (paper section 3); sizes come from a preset (see pipeline/model/builder.py)."""
+
+    size: str = param("tiny", choices=("tiny", "small"), doc="tiny: CPU-sized; small: musicgen-small decoder")
+    use_motion: bool = param(True, doc="false = the paper's w/o-motion ablation (visual branch only)")
+    tokens_per_frame: int = param(2, lo=1, hi=16, doc="P: conditioning tokens per visual frame")
+    condition_dropout: float = param(0.1, lo=0.0, hi=1.0, doc="share of training segments with the video hidden (CFG)")
+    pretrained_decoder: str = param("", doc="facebook/musicgen-small folder to load the decoder from; empty = random")
+    train_decoder: bool = param(True, doc="false freezes the MusicGen decoder (the codec and CLIP are always frozen)")
+    seed: int = param(0, lo=0, doc="seed of the initial weights")
+
+
+@section("train")
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """Training with Accelerate (stage `train`); defaults are the paper's (section 5.1)."""
+
+    segment_seconds: float = param(4.0, lo=0.5, hi=60.0, doc="length of each training segment")
+    batch_size: int = param(64, lo=1, hi=4096, doc="segments per optimizer step (before accumulation)")
+    grad_accum: int = param(1, lo=1, hi=1024, doc="micro-batches per optimizer step")
+    max_steps: int = param(4160, lo=1, hi=10_000_000, doc="optimizer steps (paper: 10 epochs x 416)")
+    lr: float = param(3.5e-5, lo=0.0, hi=1.0, doc="peak learning rate (AdamW)")
+    betas: tuple[float, ...] = param((0.9, 0.95), lo=0.0, hi=0.99999, doc="AdamW betas")
+    weight_decay: float = param(0.1, lo=0.0, hi=1.0, doc="AdamW weight decay")
+    warmup_steps: int = param(4000, lo=0, hi=10_000_000, doc="linear warmup, then cosine decay to zero")
+    clip_grad: float = param(1.0, lo=0.0, hi=1000.0, doc="gradient norm clipping (0 = off)")
+    mixed_precision: str = param("no", choices=("no", "fp16", "bf16"), doc="Accelerate mixed precision")
+    ema_decay: float = param(0.99, lo=0.0, hi=0.999999, doc="EMA of the weights (bias-corrected)")
+    eval_every: int = param(100, lo=1, hi=10_000_000, doc="steps between validations (EMA weights)")
+    log_every: int = param(10, lo=1, hi=10_000_000, doc="steps between DVCLive log calls")
+    checkpoint_every: int = param(200, lo=1, hi=10_000_000, doc="steps between save_state checkpoints")
+    num_workers: int = param(0, lo=0, hi=64, doc="DataLoader worker processes")
+    seed: int = param(0, lo=0, doc="seed of the data order and dropout")
+
+    def __post_init__(self) -> None:
+        check(len(self.betas) == 2, "train.betas", f"must be two numbers, got {list(self.betas)}")
