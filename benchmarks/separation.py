@@ -1,6 +1,6 @@
 """Demucs separation speed (multiple of real time) and accompaniment SDR on synthetic clips.
 
-Two random-weights configs: `tiny` (params.yaml defaults of separate.random_init, saved and loaded
+Two random-weights configs: `tiny` (params.yaml defaults of separate.embedded, saved and loaded
 through Demucs's folder format) and `full` (the released htdemucs architecture, 42 M parameters:
 the real model's cost). CPU always, CUDA too when torch sees it. SDR here shows the plumbing only;
 it means something only with real weights.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from demucs.htdemucs import HTDemucs
 
-from pipeline.config import RandomHTDemucsParams, SampleParams
+from pipeline.config import EmbeddedSeparatorParams, SampleParams
 from pipeline.separate import SOURCES, load_separator, save_random_htdemucs, separate_accompaniment
 from pipeline.synth.music import render_stems
 from pipeline.synth.spec import sample_clip_spec
@@ -37,7 +37,7 @@ def sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
 
 def build(config: str, scratch: Path):
     if config == "tiny":
-        init = RandomHTDemucsParams()
+        init = EmbeddedSeparatorParams()
         repo = save_random_htdemucs(scratch / "tiny", "tiny", channels=init.channels, depth=init.depth,
                                     transformer_layers=init.transformer_layers, seed=init.seed)
         return load_separator(repo, "tiny", device="cpu")

@@ -306,13 +306,18 @@ class ClipParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomHTDemucsParams:
-    """A small HTDemucs of random weights, saved in Demucs's folder format (stage `separator_init`)."""
+class EmbeddedSeparatorParams:
+    """The embedded default's separator (stage `separator_init`): a small HTDemucs, random init,
+    briefly trained on v2m-synth's train-split stems, saved in Demucs's folder format."""
 
     channels: int = param(8, lo=4, hi=96, doc="first-layer channels (htdemucs: 48)")
     depth: int = param(2, lo=1, hi=6, doc="encoder/decoder layers (htdemucs: 4)")
     transformer_layers: int = param(1, lo=0, hi=10, doc="cross-domain transformer layers (htdemucs: 5)")
-    seed: int = param(0, lo=0, doc="seed of the random weights")
+    seed: int = param(0, lo=0, doc="seed of the random initial weights and of the training batches")
+    train_steps: int = param(24, lo=0, hi=100_000, doc="Adam steps on the synthetic stems (0 = random weights)")
+    train_batch: int = param(4, lo=1, hi=256, doc="segments per step")
+    train_segment_seconds: float = param(2.0, lo=0.5, hi=7.8, doc="segment length")
+    train_lr: float = param(3e-3, lo=0.0, hi=1.0, doc="Adam learning rate")
 
 
 @section("separate")
@@ -320,13 +325,13 @@ class RandomHTDemucsParams:
 class SeparateParams:
     """Demucs vocal removal (stage `separate`): keep drums + bass + other."""
 
-    repo: str = param("models/demucs-random", doc="local Demucs model folder (*.th + NAME.yaml)")
-    model: str = param("v2m-random", doc="model name in that folder; htdemucs for the real weights")
+    repo: str = param("models/demucs-v2m", doc="local Demucs model folder (*.th + NAME.yaml)")
+    model: str = param("v2m-synth", doc="model name in that folder; htdemucs for the real weights")
     segment: float = param(0.0, lo=0.0, hi=60.0, doc="seconds per chunk; 0 = the model's own")
     overlap: float = param(0.25, lo=0.0, hi=0.9, doc="overlap between chunks")
     shifts: int = param(0, lo=0, hi=20, doc="random-shift averaging passes (0 = none)")
     device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when present")
-    random_init: RandomHTDemucsParams = param(RandomHTDemucsParams(), doc="the embedded default's model")
+    embedded: EmbeddedSeparatorParams = param(EmbeddedSeparatorParams(), doc="the embedded default's model")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,40 +90,98 @@ def random_htdemucs(*, channels: int, depth: int, transformer_layers: int, seed:
         return HTDemucs(**kwargs)
 
 
+def train_on_stems(model: HTDemucs, stems: list[tuple[np.ndarray, np.ndarray]], *, steps: int, batch: int,
+                   segment_seconds: float, lr: float, seed: int) -> list[float]:
+    """A few Adam steps teaching ``model`` to split accompaniment from vocals (L1 on both, as Demucs trains).
+
+    Args:
+        stems: ``(accompaniment, vocals)`` pairs, float32 ``[2, S]`` at ``model.samplerate``; the mix is
+            their sum. The accompaniment target is the sum of every source but vocals.
+
+    Returns:
+        the loss of each step. Deterministic for a seed (segments drawn from a seeded generator).
+    """
+    rng = np.random.default_rng(seed)
+    length = int(segment_seconds * model.samplerate)
+    usable = [(a, v) for a, v in stems if a.shape[1] >= length]
+    if steps and not usable:
+        raise ValueError(f"no stems of at least {segment_seconds} s to train the separator on")
+    vocals_index = model.sources.index("vocals")
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            picks = rng.integers(len(usable), size=batch)
+            starts = [int(rng.integers(0, usable[i][0].shape[1] - length + 1)) for i in picks]
+            acc = torch.from_numpy(np.stack([usable[i][0][:, s:s + length] for i, s in zip(picks, starts)]))
+            voc = torch.from_numpy(np.stack([usable[i][1][:, s:s + length] for i, s in zip(picks, starts)]))
+            mix = acc + voc
+            # Demucs's own normalisation (by the mono mix's mean and std), as at inference.
+            ref = mix.mean(1, keepdim=True)
+            mean, std = ref.mean((1, 2), keepdim=True), ref.std((1, 2), keepdim=True) + 1e-8
+            out = model((mix - mean) / std) * std[:, None] + mean[:, None]   # [B, sources, 2, S]
+            predicted_vocals = out[:, vocals_index]
+            predicted_acc = out.sum(1) - predicted_vocals
+            loss = (predicted_acc - acc).abs().mean() + (predicted_vocals - voc).abs().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
 def save_random_htdemucs(repo: Path, name: str, *, channels: int, depth: int, transformer_layers: int,
-                         seed: int, samplerate: int = 44100, segment: float = 7.8) -> Path:
-    """Write a random-weights HTDemucs as Demucs local-repo folder ``repo`` (replaced atomically).
+                         seed: int, samplerate: int = 44100, segment: float = 7.8,
+                         stems: list[tuple[np.ndarray, np.ndarray]] | None = None, train_steps: int = 0,
+                         train_batch: int = 4, train_segment_seconds: float = 3.0, train_lr: float = 3e-3) -> Path:
+    """Write a small HTDemucs (random init, optionally trained on ``stems``) as Demucs folder ``repo``.
 
     The folder holds ``<sig>-<sha256[:8]>.th`` (Demucs's ``serialize_model`` package, fp16 weights,
     named by ``save_with_checksum``) and ``<name>.yaml`` (``models: [<sig>]``), so
-    ``demucs.pretrained.get_model(name, repo=repo)`` loads it. Same arguments, same bytes.
+    ``demucs.pretrained.get_model(name, repo=repo)`` loads it. Replaced atomically; same arguments,
+    same bytes. With ``train_steps`` > 0 the weights get that many steps of :func:`train_on_stems`;
+    either way they are not htdemucs's, and the bag yaml carries the marker that makes loading warn.
 
     Returns:
         ``repo``.
     """
     model = random_htdemucs(channels=channels, depth=depth, transformer_layers=transformer_layers,
                             seed=seed, samplerate=samplerate, segment=segment)
+    losses = []
+    if train_steps:
+        losses = train_on_stems(model, stems or [], steps=train_steps, batch=train_batch,
+                                segment_seconds=train_segment_seconds, lr=train_lr, seed=seed)
     recipe = dict(channels=channels, depth=depth, transformer_layers=transformer_layers, seed=seed,
-                  samplerate=samplerate, segment=str(model.segment))
-    # Like a Demucs XP signature, the sig hashes the configuration: every constructor argument + seed.
+                  samplerate=samplerate, segment=str(model.segment), train_steps=train_steps,
+                  final_loss=losses[-1] if losses else None)
+    # Like a Demucs XP signature, the sig hashes the configuration: every constructor argument + seed
+    # (+ the training recipe, when trained).
     _, kwargs = model._init_args_kwargs
-    sig = hashlib.sha256(json.dumps({**kwargs, "seed": seed}, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    training = dict(steps=train_steps, batch=train_batch, segment=train_segment_seconds, lr=train_lr) if train_steps else {}
+    sig = hashlib.sha256(json.dumps({**kwargs, "seed": seed, **training}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:8]
     package = serialize_model(model, OmegaConf.create({RANDOM_MARKER: True, **recipe}))
     bag = {"models": [sig], RANDOM_MARKER: True}
     with atomic_path(repo) as temp:
         temp.mkdir()
         save_with_checksum(package, temp / f"{sig}.th")
+        what = f"trained {train_steps} steps on synthetic stems" if train_steps else "RANDOM weights"
         (temp / f"{name}.yaml").write_text(
-            "# HTDemucs with RANDOM weights (pipeline.separate.save_random_htdemucs): not a separator.\n"
+            f"# Small HTDemucs, {what} (pipeline.separate.save_random_htdemucs): not htdemucs.\n"
             + yaml.safe_dump(bag, sort_keys=False))
     return Path(repo)
 
 
-def save_random_from_params(params: SeparateParams) -> Path:
+def save_random_from_params(params: SeparateParams, stems: list[tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
     """``save_random_htdemucs`` for the ``separate`` section: ``params.repo`` / ``params.model``."""
-    init = params.random_init
+    init = params.embedded
     return save_random_htdemucs(Path(params.repo), params.model, channels=init.channels, depth=init.depth,
-                                transformer_layers=init.transformer_layers, seed=init.seed)
+                                transformer_layers=init.transformer_layers, seed=init.seed, stems=stems,
+                                train_steps=init.train_steps if stems else 0, train_batch=init.train_batch,
+                                train_segment_seconds=init.train_segment_seconds, train_lr=init.train_lr)
 
 
 def _where_from(name: str) -> str:
@@ -171,8 +229,8 @@ def load_separator(repo: Path, name: str, device: str = "auto") -> Separator:
     except ModelLoadingError as exc:
         raise ModelLoadingError(f"{exc}: the file is corrupt or incomplete; {_where_from(name)}") from None
     if random_weights:
-        log.warning("%s/%s has RANDOM weights: its output is not a real vocal separation "
-                    "(use model htdemucs for that)", repo, name)
+        log.warning("%s/%s is not htdemucs: a small HTDemucs of random or briefly trained weights, "
+                    "its separation is only rough (use model htdemucs for real vocal removal)", repo, name)
     return model.to(resolve_device(device)).eval()
 
 

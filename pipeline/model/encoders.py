@@ -1,0 +1,166 @@
+"""The video side of the model: visual encoder, motion encoder, cross-attention fusion (paper 3.1-3.3).
+
+Shapes: ``B`` batch, ``N_v`` visual frames (2 fps), ``N_m`` motion maps (4 fps), ``Q`` CLIP tokens
+per frame (50 = CLS + 7x7 patches), ``S`` motion map side (224), ``D`` encoder width.
+
+Both encoders add a sinusoidal *temporal* code after pooling, as a function of each frame's time
+in seconds (``index / fps``), so a visual frame and the motion map taken at the same instant get
+the same code and the fusion can line them up; any number of frames works. VidMuse has no such
+code (its frame order reaches the decoder only through its rolling windows); the paper does not
+say whether it has one, so this is our choice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# The temporal code counts time in quarter seconds (the motion rate): its fastest sinusoid turns
+# one radian per 0.25 s, so neighbouring motion maps get clearly different codes.
+TIME_CODE_STEPS_PER_SECOND = 4.0
+# Motion magnitudes are rescaled to what they would be on a map of this side (see MotionEncoder).
+FLOW_REFERENCE_SIZE = 224
+
+
+def temporal_code(n: int, fps: float, dim: int, *, device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sinusoidal codes of ``n`` frames sampled at ``fps``: ``[n, dim]``.
+
+    Frame ``i`` sits at ``i / fps`` seconds, counted in ``TIME_CODE_STEPS_PER_SECOND`` steps per
+    second; the code is ``[cos(p * w_j), sin(p * w_j)]`` with ``w_j = 10000 ** (-j / (dim / 2))``
+    (the transformer's sinusoid, cos half first as in MusicGen's position embedding).
+    """
+    if dim % 2:
+        raise ValueError(f"temporal code width must be even, got {dim}")
+    half = dim // 2
+    position = torch.arange(n, device=device, dtype=torch.float64) * (TIME_CODE_STEPS_PER_SECOND / fps)
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=device, dtype=torch.float64) / half)
+    angle = position[:, None] * freq[None]
+    return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1).to(dtype)
+
+
+def transformer_encoder(dim: int, layers: int, heads: int, ffn: int, dropout: float) -> nn.TransformerEncoder:
+    """A pre-norm transformer encoder (GELU, batch first) with a final LayerNorm: ``[B, L, dim] -> [B, L, dim]``."""
+    if dim % heads:
+        raise ValueError(f"width {dim} is not divisible by {heads} heads")
+    layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ffn, dropout=dropout, activation="gelu",
+                                       batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+
+
+class VisualEncoder(nn.Module):
+    """CLIP tokens of each frame -> one embedding per frame (paper 3.1).
+
+    LayerNorm of the frozen CLIP tokens (``last_hidden_state`` is taken before CLIP's post-layernorm,
+    so a few of its channels are large), a linear map to ``dim``, learnable spatial position
+    embeddings over the ``n_tokens`` tokens, a transformer over the tokens *within* each frame
+    (the frames are folded into the batch), CLS pooling (token 0), then the temporal code.
+
+    Args:
+        in_dim: CLIP width (768 for ViT-B/32).
+        n_tokens: tokens per frame (50 = CLS + 7x7 patches).
+        dim: output width ``D``.
+        layers, heads, ffn: the transformer's depth, heads and feed-forward width.
+        dropout: dropout inside the transformer.
+        fps: frames per second of the input (2 in the paper), for the temporal code.
+    """
+
+    def __init__(self, in_dim: int = 768, n_tokens: int = 50, dim: int = 768, layers: int = 2, heads: int = 12,
+                 ffn: int | None = None, dropout: float = 0.1, fps: float = 2.0):
+        super().__init__()
+        self.in_dim, self.n_tokens, self.dim, self.fps = in_dim, n_tokens, dim, fps
+        self.input_norm = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, dim)
+        self.spatial = nn.Parameter(torch.empty(n_tokens, dim))
+        nn.init.trunc_normal_(self.spatial, std=0.02)
+        self.transformer = transformer_encoder(dim, layers, heads, ffn or 4 * dim, dropout)
+
+    def forward(self, visual: torch.Tensor) -> torch.Tensor:
+        """``[B, N_v, Q, in_dim]`` CLIP tokens (any float dtype) -> ``[B, N_v, D]``."""
+        if visual.ndim != 4 or visual.shape[2:] != (self.n_tokens, self.in_dim):
+            raise ValueError(f"visual must be [B, N_v, {self.n_tokens}, {self.in_dim}], got {tuple(visual.shape)}")
+        b, n = visual.shape[:2]
+        x = visual.reshape(b * n, self.n_tokens, self.in_dim).to(self.proj.weight.dtype)
+        x = self.proj(self.input_norm(x)) + self.spatial
+        cls = self.transformer(x)[:, 0].reshape(b, n, self.dim)
+        return cls + temporal_code(n, self.fps, self.dim, device=cls.device, dtype=cls.dtype)
+
+
+class MotionEncoder(nn.Module):
+    """Optical-flow magnitude maps -> one embedding per map (paper 3.2).
+
+    Input normalisation: ``log1p(m * 224 / S)``. The maps are Farneback speeds in pixels of the
+    ``S x S`` resized frame per frame interval; multiplying by ``224 / S`` states them in pixels of a
+    224-pixel frame, so the same motion gives the same input whatever ``features.flow.size`` is. The
+    speeds are heavy-tailed (mostly below a pixel, tens of pixels for fast pans and at scene cuts,
+    where the flow is meaningless); ``log1p`` compresses that tail without clipping it, keeps a
+    still pixel at 0 and stays monotone, so the patch embedding sees values in about [0, 4].
+
+    Then a learnable non-overlapping patch embedding (a 1-channel convolution, kernel = stride =
+    ``patch``), learnable spatial position embeddings, a transformer over the ``(S / patch) ** 2``
+    patches of each map, mean pooling over the patches, then the temporal code.
+
+    Args:
+        image_size: map side ``S``; must be a multiple of ``patch``.
+        patch: patch side in pixels.
+        dim, layers, heads, ffn, dropout: width and transformer shape.
+        fps: maps per second of the input (4 in the paper), for the temporal code.
+    """
+
+    def __init__(self, image_size: int = 224, patch: int = 32, dim: int = 768, layers: int = 2, heads: int = 12,
+                 ffn: int | None = None, dropout: float = 0.1, fps: float = 4.0):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"motion map size {image_size} is not a multiple of the patch size {patch}")
+        self.image_size, self.patch, self.dim, self.fps = image_size, patch, dim, fps
+        self.grid = image_size // patch
+        self.patch_embed = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
+        self.spatial = nn.Parameter(torch.empty(self.grid * self.grid, dim))
+        nn.init.trunc_normal_(self.spatial, std=0.02)
+        self.transformer = transformer_encoder(dim, layers, heads, ffn or 4 * dim, dropout)
+
+    def normalize(self, motion: torch.Tensor) -> torch.Tensor:
+        """Speeds in pixels per frame interval -> ``log1p(speed * 224 / S)`` (same shape)."""
+        return torch.log1p(motion.clamp_min(0) * (FLOW_REFERENCE_SIZE / self.image_size))
+
+    def forward(self, motion: torch.Tensor) -> torch.Tensor:
+        """``[B, N_m, S, S]`` flow magnitudes -> ``[B, N_m, D]``."""
+        size = (self.image_size, self.image_size)
+        if motion.ndim != 4 or motion.shape[2:] != size:
+            raise ValueError(f"motion must be [B, N_m, {self.image_size}, {self.image_size}], "
+                             f"got {tuple(motion.shape)}")
+        b, n = motion.shape[:2]
+        x = self.normalize(motion.reshape(b * n, 1, *size).to(self.patch_embed.weight.dtype))
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B * N_m, grid * grid, D]
+        x = self.transformer(x + self.spatial).mean(dim=1).reshape(b, n, self.dim)
+        return x + temporal_code(n, self.fps, self.dim, device=x.device, dtype=x.dtype)
+
+
+class CrossAttentionFusion(nn.Module):
+    """Visual queries attend over motion keys/values; residual + LayerNorm (paper 3.3).
+
+    ``o_i = LayerNorm(v_i + MHA(v_i, f, f))``: each frame keeps its own content and takes motion
+    from the whole motion sequence (no mask: any visual frame may look at any motion map).
+
+    Args:
+        dim: visual width (queries and output).
+        heads: attention heads.
+        kv_dim: motion width (default ``dim``).
+        dropout: on the attention weights and its output.
+    """
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True,
+                                          kdim=kv_dim or dim, vdim=kv_dim or dim)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, visual: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """``visual [B, N_v, D]``, ``motion [B, N_m, D_m]`` -> ``o [B, N_v, D]``."""
+        if visual.shape[0] != motion.shape[0]:
+            raise ValueError(f"visual and motion batch sizes differ: {visual.shape[0]} vs {motion.shape[0]}")
+        fused, _ = self.attn(visual, motion, motion, need_weights=False)
+        return self.norm(visual + self.dropout(fused))

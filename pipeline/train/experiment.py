@@ -1,0 +1,109 @@
+"""One training run from the feature cache, and its learning figures: what the train stage and
+``benchmarks/learning.py`` both call.
+
+The learning figures are held-out cross-entropies in nats per token: ``ce_true`` with each
+segment's own video, ``ce_shuffled`` with the videos of other clips (codes unchanged), and
+``video_info_gain = ce_shuffled - ce_true``: how much the model's predictions of the music
+depend on the right video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.config import FeaturesParams, ModelParams, SplitParams, TrainParams, UserError, as_dict
+from pipeline.features.store import FeatureShard
+from pipeline.files import atomic_path
+from pipeline.model.builder import build_model
+from pipeline.model.v2m import V2MModel
+from pipeline.split import assign
+from pipeline.train.data import SegmentDataset, held_out_ce
+from pipeline.train.loop import train
+
+log = logging.getLogger("v2m.train")
+
+TABLES = ("clip", "flow", "codes")
+
+
+def feature_paths(shards: Sequence[str], root: Path | str = "data/features") -> dict[str, list[Path]]:
+    """The listed shards of each table (never a glob: stale shard files are ignored)."""
+    return {table: [Path(root) / table / f"{shard}.parquet" for shard in shards] for table in TABLES}
+
+
+def complete_ids(paths: dict[str, list[Path]], use_motion: bool = True) -> list[str]:
+    """Ids present in every table that training reads, in shard order."""
+    tables = [t for t in TABLES if use_motion or t != "flow"]
+    ids = {t: [i for p in paths[t] for i in FeatureShard(p).ids()] for t in tables}
+    common = set.intersection(*(set(v) for v in ids.values()))
+    return [i for i in ids["codes"] if i in common]
+
+
+def segment_sets(paths: dict[str, list[Path]], split: SplitParams, segment_seconds: float, seed: int,
+                 use_motion: bool) -> dict[str, SegmentDataset]:
+    """``train`` (random segments) and ``val`` / ``held_out`` (val + test, fixed segments) datasets."""
+    groups = assign(complete_ids(paths, use_motion), split.val_fraction, split.test_fraction, split.salt)
+    if not groups["train"]:
+        raise UserError("no training clips: every clip with features fell in the val/test splits")
+    if not groups["val"] + groups["test"]:
+        raise UserError("no held-out clips: raise split.val_fraction / split.test_fraction or add clips")
+
+    def make(ids: list[str], training: bool) -> SegmentDataset:
+        return SegmentDataset(paths["clip"], paths["flow"], paths["codes"], ids, segment_seconds=segment_seconds,
+                              train=training, seed=seed, use_motion=use_motion)
+
+    return {"train": make(groups["train"], True),
+            "val": make(groups["val"] or groups["test"], False),
+            "held_out": make(groups["val"] + groups["test"], False)}
+
+
+def learning_figures(model: V2MModel, held_out: SegmentDataset, batch_size: int, seed: int = 0) -> dict:
+    """``ce_true``, ``ce_shuffled`` and ``video_info_gain`` (nats per token) on held-out segments."""
+    ce_true = held_out_ce(model, held_out, batch_size)
+    ce_shuffled = held_out_ce(model, held_out, batch_size, shuffle_video=True, seed=seed)
+    return {"ce_true": round(ce_true, 6), "ce_shuffled": round(ce_shuffled, 6),
+            "video_info_gain": round(ce_shuffled - ce_true, 6),
+            "held_out_segments": len(held_out), "held_out_clips": len(held_out.video_ids)}
+
+
+def run_key(model: ModelParams, train_params: TrainParams, features: FeaturesParams, shards: Sequence[str]) -> str:
+    """A short hash of everything that shapes a run: checkpoints resume only into the same run."""
+    blob = json.dumps([as_dict(model), as_dict(train_params), as_dict(features), list(shards)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_training(*, model_params: ModelParams, train_params: TrainParams, features: FeaturesParams,
+                 split: SplitParams, shards: Sequence[str], feature_root: Path | str = "data/features",
+                 work_root: Path | str = ".cache/v2m/train", live_dir: Path | str = "metrics/train",
+                 export_dir: Path | str = "models/v2m", metrics_file: Path | str | None = "metrics/benchmark.json",
+                 progress: bool = True) -> dict:
+    """Train on the listed shards, export the best EMA weights, measure the learning figures.
+
+    Checkpoints go to ``work_root/<run key>`` (outside the DVC outputs), so a killed run resumes
+    and a changed configuration starts afresh. Returns the training summary plus the figures,
+    which are also written to ``metrics_file`` (atomically) when given.
+    """
+    paths = feature_paths(shards, feature_root)
+    sets = segment_sets(paths, split, train_params.segment_seconds, train_params.seed, model_params.use_motion)
+    model = build_model(model_params, motion_size=features.flow.size)
+    model.log_param_counts()
+    work_dir = Path(work_root) / run_key(model_params, train_params, features, shards)
+    summary = train(model, sets["train"], sets["val"], train_params, work_dir=work_dir, live_dir=Path(live_dir),
+                    export_dir=Path(export_dir), progress=progress)
+    best = V2MModel.from_pretrained(export_dir)
+    figures = learning_figures(best, sets["held_out"], batch_size=max(1, min(train_params.batch_size, 16)),
+                               seed=train_params.seed)
+    result = {**figures, "train_clips": len(sets["train"].video_ids), "steps": summary["steps"],
+              "best_val_loss": summary["best_val_loss"], "tokens_per_s": summary["tokens_per_s"],
+              "use_motion": model_params.use_motion}
+    log.info("learning figures: %s", result)
+    if metrics_file is not None:
+        with atomic_path(metrics_file) as temp:
+            temp.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+__all__ = ["complete_ids", "feature_paths", "learning_figures", "run_key", "run_training", "segment_sets"]

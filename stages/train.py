@@ -1,0 +1,23 @@
+"""Stage `train`: train on the listed shards' features, export models/v2m, write the learning figures."""
+
+import logging
+
+from pipeline.cli import user_errors
+from pipeline.config import load_params
+from pipeline.train.experiment import run_training
+
+SECTIONS = ("data", "features", "model", "train", "split")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    with user_errors("stage train"):
+        params = load_params(sections=SECTIONS)
+        result = run_training(model_params=params["model"], train_params=params["train"], features=params["features"],
+                              split=params["split"], shards=params["data"].shards)
+        print(f"train: {result['steps']} steps; held-out CE {result['ce_true']:.3f} nats/token with the true video, "
+              f"{result['ce_shuffled']:.3f} with shuffled videos: video_info_gain {result['video_info_gain']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
