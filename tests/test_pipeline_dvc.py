@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import subprocess
@@ -71,6 +72,9 @@ def copy_repo(target: Path) -> Path:
             shutil.copy2(REPO / name, target / name)
     (target / "dvc.lock").unlink(missing_ok=True)
     run(["git", "init", "-q"], target)
+    run(["git", "add", "-A"], target)
+    # A clone has commits; DVCLive reads the current revision.
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "copy"], target)
     return target
 
 
@@ -83,19 +87,23 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     """Small params: repro runs every stage; again, nothing; a new shard runs only its own stages."""
     work = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["sample"].update(n_clips=2, seconds=3.0)
+    params["sample"].update(n_clips=6, seconds=3.0)
     params["clip"].update(seconds=2.0, min_seconds=2.0)
+    params["separate"]["embedded"].update(train_steps=2, train_batch=2, train_segment_seconds=1.0)
+    params["split"].update(val_fraction=0.3, test_fraction=0.3)
+    params["train"].update(segment_seconds=2.0, batch_size=2, max_steps=4, warmup_steps=1, eval_every=2,
+                           log_every=2, checkpoint_every=2)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
 
     first = run(["dvc", "repro"], work)
     assert ran(first) == {"sample", "download@s0000", "clip@s0000", "separator_init", "separate@s0000",
-                          "clip_init", "codec_init", "visual@s0000", "motion@s0000", "codes@s0000"}
+                          "clip_init", "codec_init", "visual@s0000", "motion@s0000", "codes@s0000", "train"}
     rows = read_labels(work / "data" / "sample")
-    assert len(rows) == 2
-    assert [r["status"] for r in read_status(work / "data" / "raw" / "s0000")] == ["ok", "ok"]
-    assert [r["status"] for r in read_status(work / "data" / "clips" / "s0000")] == ["ok", "ok"]
+    assert len(rows) == 6
+    assert [r["status"] for r in read_status(work / "data" / "raw" / "s0000")] == ["ok"] * 6
+    assert [r["status"] for r in read_status(work / "data" / "clips" / "s0000")] == ["ok"] * 6
     separated = read_status(work / "data" / "separated" / "s0000")
-    assert [r["status"] for r in separated] == ["ok", "ok"]
+    assert [r["status"] for r in separated] == ["ok"] * 6
     audio, rate = media.read_wav(work / "data" / "separated" / "s0000" / f"{separated[0]['video_id']}.wav")
     assert (audio.shape, rate) == ((1, 2 * 32000), 32000)
 
@@ -103,13 +111,18 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     assert clip_table[rows[0]["video_id"]]["tokens"].shape == (4, 50, 768)  # 2 s at 2 fps
     assert FeatureShard(work / "data" / "features" / "codes" / "s0000.parquet")[rows[0]["video_id"]]["codes"].shape == (100, 4)
 
+    figures = json.loads((work / "metrics" / "benchmark.json").read_text())
+    assert figures["steps"] == 4 and {"ce_true", "ce_shuffled", "video_info_gain"} <= set(figures)
+    assert (work / "models" / "v2m" / "model.safetensors").is_file()
+    assert (work / "metrics" / "train" / "plots" / "metrics" / "loss.tsv").is_file()
+
     second = run(["dvc", "repro"], work)
     assert ran(second) == set() and "up to date" in second
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["features"]["flow"]["winsize"] = 13
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    assert ran(run(["dvc", "repro"], work)) == {"motion@s0000"}
+    assert ran(run(["dvc", "repro"], work)) == {"motion@s0000", "train"}
 
     extra = work / "extra"
     render_sample_set(extra, SampleParams(n_clips=1, seconds=3.0, seed=5), progress=False)
@@ -119,7 +132,7 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     append_shard_to_params(work / "params.yaml", "s0001")
     third = run(["dvc", "repro"], work)
     assert ran(third) == {"download@s0001", "clip@s0001", "separate@s0001", "visual@s0001", "motion@s0001",
-                          "codes@s0001"}
+                          "codes@s0001", "train"}
     assert [r["video_id"] for r in read_status(work / "data" / "clips" / "s0001")] == [row["video_id"]]
 
     params = yaml.safe_load((work / "params.yaml").read_text())
