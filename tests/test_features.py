@@ -132,3 +132,34 @@ def test_split_is_stable_and_near_the_fractions():
     # Adding ids never moves the old ones.
     assert assign(ids[:100], 0.15, 0.15)["test"] == [i for i in groups["test"] if int(i[2:]) < 100]
     assert split_of("abcdefghijk", 0.0, 0.0) == "train"
+
+
+def test_broken_or_short_clips_give_status_rows_and_the_rest_goes_on(tmp_path):
+    from pipeline.config import CodesFeatureParams
+    from pipeline.features.codec import encodec_32khz_config, random_codec
+    from pipeline.features.extract import ClipInput, codes_table, extract_tables
+
+    spec = sample_clip_spec(SampleParams(seconds=3.0, fps=12), 2)
+    good = media.write_mp4(tmp_path / "good.mp4", render_frames(spec), spec.fps)
+    short = media.write_mp4(tmp_path / "short.mp4", list(render_frames(spec))[:12], spec.fps)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    clips = [ClipInput("good0000001", good, 3.0), ClipInput("short000001", short, 3.0),
+             ClipInput("broken00001", tmp_path / "broken.mp4", 3.0)]
+    rows = {r["video_id"]: r for r in extract_tables(clips, flow=FlowFeatureParams(size=32),
+                                                     flow_out=tmp_path / "flow.parquet", progress=False)}
+    assert rows["good0000001"]["status"] == "ok" and rows["good0000001"]["rows"] == 12
+    assert rows["short000001"]["status"] == "failed" and "video ends after 1.00 s" in rows["short000001"]["error_message"]
+    assert rows["broken00001"]["status"] == "failed" and "broken.mp4" in rows["broken00001"]["error_message"]
+    assert FeatureShard(tmp_path / "flow.parquet").ids() == ["good0000001"]
+
+    media.write_wav(tmp_path / "audio" / "good0000001.wav", np.zeros((1, 32000), np.float32), 32000)
+    media.write_wav(tmp_path / "audio" / "stereo00001.wav", np.zeros((2, 32000), np.float32), 32000)
+    codec = random_codec(seed=0, config=encodec_32khz_config(num_filters=4, hidden_size=16, codebook_size=16,
+                                                             num_lstm_layers=1))
+    code_rows = {r["video_id"]: r for r in codes_table(["good0000001", "stereo00001", "missing0001"], tmp_path / "audio",
+                                                       tmp_path / "codes.parquet", CodesFeatureParams(), codec,
+                                                       progress=False)}
+    assert code_rows["good0000001"]["status"] == "ok" and code_rows["good0000001"]["rows"] == 50
+    assert code_rows["stereo00001"]["status"] == "failed" and "mono" in code_rows["stereo00001"]["error_message"]
+    assert code_rows["missing0001"]["status"] == "failed"
+    assert FeatureShard(tmp_path / "codes.parquet").ids() == ["good0000001"]
