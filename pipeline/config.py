@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
@@ -78,8 +78,10 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ParamsError(f"{path}: no such params file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        # YAML 1.2, as DVC reads and writes params.yaml: `dvc exp run -S` writes `no` unquoted,
+        # which YAML 1.1 (PyYAML) would read as the boolean false.
+        data = YAML(typ="safe", pure=True).load(path.read_text())
+    except YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
         return {}
