@@ -16,7 +16,6 @@ Audio is float32 ``[1, S]`` at 32 kHz; codes are int16 ``[K, T]`` with ``T = cei
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -24,10 +23,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from huggingface_hub import constants as hub_constants
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HFValidationError
-from transformers import EncodecConfig, EncodecModel, MusicgenForConditionalGeneration
+from transformers import EncodecConfig, EncodecModel
 
+from pipeline.checkpoints import local_checkpoint, model_type, musicgen_part
 from pipeline.config import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
@@ -38,8 +36,6 @@ HUB_ID = "facebook/encodec_32khz"
 MUSICGEN_HUB_ID = "facebook/musicgen-small"
 RANDOM_MARKER = "v2m_random_weights"   # config.json key of our random-weights codecs
 CALIBRATION_KEY = "v2m_calibration"    # config.json key holding the calibration recipe and stats
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 # facebook/encodec_32khz's config.json, spelled out rather than trusting library defaults (which are
 # the 24 kHz model's). Its SEANet has identity skips (use_conv_shortcut False, audiocraft's true_skip).
 # codebook_dim (128 there) is left to follow hidden_size, as EncodecConfig does, so tiny test codecs stay valid.
@@ -78,23 +74,6 @@ def _where_from() -> str:
             "default's calibrated random codec is written by the codec_init stage")
 
 
-def _local_folder(path: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """The folder holding the checkpoint: ``path`` itself, or the cached snapshot of hub id ``path``."""
-    folder = Path(path)
-    if not folder.is_dir():
-        try:
-            folder = Path(snapshot_download(str(path), local_files_only=True, cache_dir=cache_dir))
-        except (HFValidationError, OSError) as exc:  # OSError covers LocalEntryNotFoundError
-            raise FileNotFoundError(f"codec {str(path)!r}: no such folder, and no such hub id in the local "
-                                    f"Hugging Face cache; {_where_from()}") from exc
-    missing = [name for name, present in (("config.json", (folder / "config.json").is_file()),
-                                          ("model.safetensors", any((folder / w).is_file() for w in WEIGHT_FILES)))
-               if not present]
-    if missing:
-        raise FileNotFoundError(f"codec folder {folder} lacks {' and '.join(missing)}; {_where_from()}")
-    return folder
-
-
 def load_codec(path: str | Path, device: str = "auto", cache_dir: str | Path | None = None) -> EncodecModel:
     """Load an EnCodec in eval mode, from disk only (``local_files_only=True``).
 
@@ -108,25 +87,20 @@ def load_codec(path: str | Path, device: str = "auto", cache_dir: str | Path | N
         FileNotFoundError: no such folder with config.json and weights, and no such hub id in the cache.
         UserError: the checkpoint lacks EnCodec weights (from_pretrained would leave them silently random).
     """
-    folder = _local_folder(path, cache_dir)
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    if model_type == "musicgen":
-        # The whole composite loads, then only its codec is kept: loading the composite checkpoint
-        # straight into EncodecModel leaves every weight random, with 24 kHz defaults for the config.
-        full, info = MusicgenForConditionalGeneration.from_pretrained(folder, local_files_only=True,
-                                                                      output_loading_info=True)
-        missing = sorted(key for key in info["missing_keys"] if key.startswith("audio_encoder."))
-        model = full.audio_encoder
-        del full
-    elif model_type == "encodec":
+    folder = local_checkpoint(path, label="codec", where_from=_where_from(), cache_dir=cache_dir)
+    kind = model_type(folder)
+    if kind == "musicgen":
+        # Straight into EncodecModel, a composite also falls back to the 24 kHz default config.
+        model, missing = musicgen_part(folder, "audio_encoder")
+    elif kind == "encodec":
         model, info = EncodecModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
         missing = sorted(info["missing_keys"])
     else:
-        raise UserError(f"{folder}/config.json: model_type {model_type!r} is neither 'encodec' nor 'musicgen'; "
+        raise UserError(f"{folder}/config.json: model_type {kind!r} is neither 'encodec' nor 'musicgen'; "
                         f"{_where_from()}")
     if missing:
         raise UserError(f"{path}: the checkpoint lacks {len(missing)} EnCodec weights (e.g. {missing[0]}); "
-                        f"it is not a complete {model_type} checkpoint")
+                        f"it is not a complete {kind} checkpoint")
     if getattr(model.config, RANDOM_MARKER, False):
         log.warning("%s is an EnCodec with RANDOM weights (codebooks calibrated by the codec_init stage): its codes "
                     "are usable tokens, but its decoder is random, so decoded audio is not music; use %s or %s "

@@ -27,8 +27,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
-from transformers import MusicgenDecoderConfig, MusicgenForCausalLM, MusicgenForConditionalGeneration
+from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
+from pipeline import checkpoints
 from pipeline.config import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
@@ -440,25 +441,6 @@ def _musicgen_where_from() -> str:
             "copy DIR here and set model.pretrained_decoder to it (empty = a random decoder)")
 
 
-def _musicgen_folder(source: str | Path) -> Path:
-    folder = Path(source)
-    if not folder.is_dir():
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HFValidationError
-        try:
-            folder = Path(snapshot_download(str(source), local_files_only=True))
-        except (HFValidationError, OSError) as exc:
-            raise FileNotFoundError(f"pretrained decoder {str(source)!r}: no such folder, and no such hub id in the "
-                                    f"local Hugging Face cache; {_musicgen_where_from()}") from exc
-    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-    missing = [name for name, ok in (("config.json", (folder / "config.json").is_file()),
-                                     ("model.safetensors", any((folder / w).is_file() for w in weights))) if not ok]
-    if missing:
-        raise FileNotFoundError(f"pretrained decoder folder {folder} lacks {' and '.join(missing)}; "
-                                f"{_musicgen_where_from()}")
-    return folder
-
-
 _DECODER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim", "num_codebooks", "vocab_size")
 
 
@@ -474,19 +456,15 @@ def load_pretrained_decoder(model: V2MModel, source: str | Path) -> V2MModel:
         FileNotFoundError: no such folder/hub id, or it lacks config.json or weights.
         UserError: the checkpoint's decoder has other sizes than ``model``'s, or lacks weights.
     """
-    folder = _musicgen_folder(source)
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    if model_type == "musicgen":
-        full, info = MusicgenForConditionalGeneration.from_pretrained(folder, local_files_only=True,
-                                                                      output_loading_info=True)
-        missing = sorted(k for k in info["missing_keys"] if k.startswith("decoder."))
-        pretrained = full.decoder
-        del full
-    elif model_type == "musicgen_decoder":
+    folder = checkpoints.local_checkpoint(source, label="pretrained decoder", where_from=_musicgen_where_from())
+    kind = checkpoints.model_type(folder)
+    if kind == "musicgen":
+        pretrained, missing = checkpoints.musicgen_part(folder, "decoder")
+    elif kind == "musicgen_decoder":
         pretrained, info = MusicgenForCausalLM.from_pretrained(folder, local_files_only=True, output_loading_info=True)
         missing = sorted(info["missing_keys"])
     else:
-        raise UserError(f"{folder}/config.json: model_type {model_type!r} is neither 'musicgen' nor "
+        raise UserError(f"{folder}/config.json: model_type {kind!r} is neither 'musicgen' nor "
                         f"'musicgen_decoder'; {_musicgen_where_from()}")
     if missing:
         raise UserError(f"{source}: the checkpoint lacks {len(missing)} decoder weights (e.g. {missing[0]})")

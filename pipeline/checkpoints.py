@@ -1,0 +1,62 @@
+"""Checkpoints from disk only: a ``save_pretrained`` folder or a hub id already in the local cache.
+
+Nothing here downloads. Shared by the codec and the model's MusicGen decoder, which read the same
+kinds of folders (a standalone checkpoint, or a ``facebook/musicgen-*`` composite holding both).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HFValidationError
+from torch import nn
+from transformers import MusicgenForConditionalGeneration
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def local_checkpoint(source: str | Path, *, label: str, where_from: str,
+                     cache_dir: str | Path | None = None) -> Path:
+    """The folder holding a checkpoint: ``source`` itself, or the cached snapshot of hub id ``source``.
+
+    Args:
+        label: what the checkpoint is, for messages (``codec``, ``pretrained decoder``).
+        where_from: the sentence saying what is expected and where it comes from.
+
+    Raises:
+        FileNotFoundError: no such folder and no such cached hub id, or a folder without
+            config.json or weights; the message names the missing file and ``where_from``.
+    """
+    folder = Path(source)
+    if not folder.is_dir():
+        try:
+            folder = Path(snapshot_download(str(source), local_files_only=True, cache_dir=cache_dir))
+        except (HFValidationError, OSError) as exc:  # OSError covers LocalEntryNotFoundError
+            raise FileNotFoundError(f"{label} {str(source)!r}: no such folder, and no such hub id in the local "
+                                    f"Hugging Face cache; {where_from}") from exc
+    missing = [name for name, present in (("config.json", (folder / "config.json").is_file()),
+                                          ("model.safetensors", any((folder / w).is_file() for w in WEIGHT_FILES)))
+               if not present]
+    if missing:
+        raise FileNotFoundError(f"{label} folder {folder} lacks {' and '.join(missing)}; {where_from}")
+    return folder
+
+
+def model_type(folder: Path) -> str | None:
+    """``model_type`` from a checkpoint folder's config.json."""
+    return json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+
+
+def musicgen_part(folder: Path, part: str) -> tuple[nn.Module, list[str]]:
+    """One part (``decoder``, ``audio_encoder``) of a MusicGen composite checkpoint, and its missing weights.
+
+    The whole composite is loaded and only ``part`` kept: loading a composite checkpoint straight
+    into the part's own class leaves every weight silently random.
+    """
+    full, info = MusicgenForConditionalGeneration.from_pretrained(folder, local_files_only=True,
+                                                                  output_loading_info=True)
+    missing = sorted(key for key in info["missing_keys"] if key.startswith(f"{part}."))
+    return getattr(full, part), missing
