@@ -53,7 +53,7 @@ def clip_one(source: Path, out_dir: Path, video_id: str, params: ClipParams) -> 
     try:
         stereo, _ = media.decode_audio(source, params.separation_rate, channels=2)
         mono, _ = media.decode_audio(source, params.target_rate, channels=1)
-        frames = sum(1 for _ in media.decode_frames(source))
+        frames = media.count_frames(source)
     except media.MediaError as error:
         return failed(video_id, "corrupt", str(error))
     available = min(stereo.shape[1] / params.separation_rate, frames / info.fps if info.fps else 0.0)
