@@ -33,3 +33,13 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
             shutil.rmtree(temp, ignore_errors=True)
         elif temp.exists():
             temp.unlink()
+
+
+def content_lines(path: Path | str) -> list[tuple[int, str]]:
+    """``(line number, text)`` of each line of a list file that has content: ``#`` comments and blanks dropped."""
+    out = []
+    for line_number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if text:
+            out.append((line_number, text))
+    return out

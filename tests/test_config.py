@@ -107,8 +107,6 @@ def test_installed_console_script_exits_nonzero_with_one_line(tmp_path):
 
 def test_params_are_read_as_yaml_1_2_like_dvc_writes_them(tmp_path):
     """`dvc exp run -S` rewrites params.yaml with `no` unquoted; YAML 1.1 would make it False."""
-    from pipeline.config import TrainParams  # noqa: F401  (section registered)
-
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  mixed_precision: no\n  lr: 3.5e-5\n")
     train = load_params(path, ["train"])["train"]

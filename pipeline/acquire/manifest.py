@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.config import ParamsError, UserError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, content_lines
 
 VIDEO_ID = re.compile(r"[A-Za-z0-9_-]{11}")
 SHARD_NAME = re.compile(r"s(\d{4})")
@@ -106,12 +106,7 @@ def read_id_list(path: Path | str) -> list[tuple[int, str]]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such id list")
-    out = []
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-        token = line.split("#", 1)[0].strip()
-        if token:
-            out.append((line_number, token))
-    return out
+    return content_lines(path)
 
 
 def existing_shards(manifest_dir: Path = MANIFEST_DIR) -> list[Path]:

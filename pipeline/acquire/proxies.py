@@ -15,6 +15,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from pipeline.config import UserError
+from pipeline.files import content_lines
 
 SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
 DIRECT = None  # the "proxy" of a direct connection
@@ -54,10 +55,7 @@ def read_proxy_list(path: Path | str) -> list[str]:
     if not path.is_file():
         raise ProxyListError(f"{path}: no such proxy list")
     urls = []
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
+    for line_number, text in content_lines(path):
         parts = urlsplit(text)
         if parts.scheme not in SCHEMES or not parts.hostname:
             raise ProxyListError(f"{path} line {line_number}: {redact(text)!r} is not a proxy URL "
