@@ -441,3 +441,52 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         check(len(self.betas) == 2, "train.betas", f"must be two numbers, got {list(self.betas)}")
+
+
+@section("generate")
+@dataclasses.dataclass(frozen=True)
+class GenerateParams:
+    """Music for videos (stage `generate` and `v2m generate`): sampling and windowing.
+
+    A video longer than ``window_seconds`` is scored window by window: each window is conditioned on
+    its own frames and prompted with the last ``prompt_seconds`` of the previous window's codes, so
+    the piece continues instead of restarting.
+    """
+
+    model: str = param("models/v2m", doc="exported model folder (config.json + model.safetensors + features.json)")
+    cfg: float = param(3.0, lo=1.0, hi=20.0, doc="classifier-free guidance coefficient (1 = none)")
+    top_k: int = param(250, lo=0, hi=1_000_000, doc="sample among the k likeliest codes (0 = all)")
+    temperature: float = param(1.0, lo=0.01, hi=10.0, doc="softmax temperature")
+    seed: int = param(0, lo=0, doc="sampling seed (same seed, same music)")
+    window_seconds: float = param(0.0, lo=0.0, hi=600.0,
+                                  doc="seconds per generation window; 0 = the model's training segment length")
+    prompt_seconds: float = param(1.0, lo=0.0, hi=300.0, doc="tail of the previous window that prompts the next")
+    loudness_lufs: float = param(-14.0, lo=-70.0, hi=0.0, doc="integrated loudness target (ITU-R BS.1770)")
+    peak_dbfs: float = param(-1.0, lo=-40.0, hi=0.0, doc="sample peak ceiling after loudness normalisation")
+    split: str = param("test", choices=("train", "val", "test"), doc="which split the stage scores")
+    max_clips: int = param(0, lo=0, hi=10_000_000, doc="stage only: at most this many clips (0 = all)")
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when present")
+    sampling_threads: int = param(0, lo=0, hi=1024,
+                                  doc="CPU threads while sampling; 0 = auto (1 for decoders narrower than 512, "
+                                      "whose per-step work is too small to split)")
+
+
+@section("evaluate")
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """FAD / KLD / chroma cosine (../shared/docs/metrics.md; stage `evaluate` and `v2m evaluate`).
+
+    The defaults are the published definitions (audiocraft's metrics, as VidMuse and the paper use).
+    """
+
+    vggish: str = param("", doc="VGGish state dict (torchvggish vggish-10086976.pth); empty = FAD not computed")
+    passt: str = param("", doc="PaSST 20 s checkpoint (passt-s-f128-20sec-p16-s10-ap.474-swa.pt); empty = no KLD")
+    chroma_argmax: bool = param(True, doc="one-hot chroma frames (audiocraft's default)")
+    chroma_n_fft: int = param(16384, lo=256, hi=65536, doc="chroma STFT size = window")
+    chroma_hop: int = param(4096, lo=64, hi=65536, doc="chroma STFT hop")
+    kld_segment_seconds: float = param(20.0, lo=1.0, hi=60.0, doc="PaSST segment length (the 20 s checkpoint)")
+    kld_min_seconds: float = param(0.15, lo=0.0, hi=10.0, doc="shorter tail segments are dropped")
+    kld_eps: float = param(1e-6, lo=0.0, hi=0.1, doc="added to the predicted probabilities before the log")
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="where VGGish and PaSST run")
+    plot_clips: int = param(3, lo=0, hi=100, doc="clips shown in the chroma/spectrogram comparison plots")
+    report_clips: int = param(6, lo=0, hi=1000, doc="clips whose videos the HTML report embeds")

@@ -1,0 +1,264 @@
+"""Evaluate a folder of generated clips against a folder of reference clips.
+
+Files pair by stem (``<video_id>.wav`` in both folders; other files are ignored). Three metrics,
+each as shared docs/metrics.md defines it:
+
+- ``chroma_cosine``: needs no weights (:mod:`.chroma`); the reference is cut or zero-padded to
+  the generated clip's length.
+- ``fad``: VGGish embeddings (:mod:`.vggish`) of every window of every file, each file at its
+  full length, pooled per SET; Fréchet distance (:mod:`.fad`); needs a VGGish checkpoint, else
+  null with ``fad_reason``.
+- ``kld_ref_gen`` = KL(reference || generated) (audiocraft ``kld`` / ``kld_pq``), ``kld_gen_ref`` =
+  KL(generated || reference) (``kld_qp``), ``kld_both`` = their sum: PaSST probabilities of 20 s
+  segments (:mod:`.passt`, :mod:`.kld`), averaged over all segments; needs a PaSST checkpoint, else
+  null with ``kld_reason``. Both clips of a pair are cut to the shorter one's length first
+  (audiocraft cuts both to one ``sizes``), so segment i of one pairs with segment i of the other;
+  should the counts still differ, only the common count is used.
+
+A random-weight checkpoint makes numbers, but they mean nothing about audio quality: the
+summary names the checkpoint (path and sha256 prefix) so a reader can tell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline.config import EvaluateParams, UserError
+from pipeline.files import atomic_path
+from pipeline.media import read_wav
+from pipeline.metrics import mono_resampled
+from pipeline.metrics import chroma as chroma_metric
+from pipeline.metrics.fad import embedding_stats, frechet_distance
+from pipeline.metrics.vggish import FRONT_END_PRESETS, embed, load_vggish
+
+KLD_SAMPLE_RATE = 32000
+
+ROW_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("generated_seconds", pa.float64()),
+    ("reference_seconds", pa.float64()),
+    ("chroma_cosine", pa.float64()),
+    ("chroma_frames", pa.int64()),
+    ("kld_ref_gen", pa.float64()),
+    ("kld_gen_ref", pa.float64()),
+    ("kld_segments", pa.int64()),
+])
+
+
+class EvaluationError(UserError):
+    """Folders that cannot be evaluated; the message names them and the reason."""
+
+
+def wav_files(folder: Path | str) -> dict[str, Path]:
+    """``stem -> path`` of the ``*.wav`` files directly in ``folder`` (other files ignored).
+
+    Raises:
+        EvaluationError: ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: no such folder")
+    return {path.stem: path for path in sorted(folder.iterdir())
+            if path.is_file() and path.suffix.lower() == ".wav" and not path.name.startswith(".")}
+
+
+def checkpoint_identity(path: Path | str, prefix_chars: int = 16) -> dict[str, str]:
+    """``{"path": ..., "sha256": first prefix_chars hex digits}`` of a checkpoint file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return {"path": str(Path(path).resolve()), "sha256": digest.hexdigest()[:prefix_chars]}
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequence[Path | str], *,
+                   vggish: Path | str | None = None, passt: Path | str | None = None,
+                   chroma_argmax: bool = True, chroma_n_fft: int = chroma_metric.N_FFT,
+                   chroma_hop: int = chroma_metric.HOP,
+                   fad_front_end: str = "fad_tool", fad_method: str = "sqrtm",
+                   kld_segment_seconds: float = 20.0, kld_min_seconds: float = 0.15, kld_eps: float = 1e-6,
+                   device: str = "cpu", progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """All metrics of the generated clips against their references.
+
+    Args:
+        generated_dir: folder of generated ``<video_id>.wav``.
+        reference_dir: folder of reference ``<video_id>.wav`` (other files, e.g. status.parquet, ignored),
+            or a list of folders (one per shard; a stem found in several is taken from the first).
+        vggish: torchvggish state dict (``vggish-10086976.pth``); None = no FAD.
+        passt: PaSST 20 s checkpoint (``passt-s-f128-20sec-p16-s10-ap.474-swa.pt``); None = no KLD.
+        chroma_argmax: one-hot chroma frames (published: True).
+        chroma_n_fft, chroma_hop: chroma STFT size and hop (published: 16384, 4096).
+        fad_front_end: a key of :data:`pipeline.metrics.vggish.FRONT_END_PRESETS` (published: ``"fad_tool"``).
+        fad_method: ``"sqrtm"`` (published) or ``"eigen"``, see :func:`pipeline.metrics.fad.frechet_distance`.
+        kld_segment_seconds, kld_min_seconds: PaSST segments (published: 20 s, dropped at 0.15 s or less).
+        kld_eps: added to the second distribution inside each KL (published: 1e-6).
+        device: torch device for VGGish and PaSST.
+        progress: show a progress bar over clips.
+
+    Returns:
+        ``(summary, rows)``: the summary's keys are ``fad``, ``kld_ref_gen``, ``kld_gen_ref``,
+        ``kld_both``, ``chroma_cosine`` (null where unavailable, with ``fad_reason`` /
+        ``kld_reason`` / ``chroma_reason`` saying why), the counts ``pairs``, ``generated_files``,
+        ``reference_files``, ``unpaired_generated`` (stems without a reference), ``unused_references``
+        (a count: a reference folder usually holds more clips than were generated),
+        ``chroma_frames``, ``fad_windows_generated``, ``fad_windows_reference``, ``kld_segments``,
+        the checkpoints used (``fad_embedder``, ``kld_classifier``: path and sha256 prefix, or
+        null) and ``settings``. One row per pair, with the columns of :data:`ROW_SCHEMA`.
+
+    Raises:
+        EvaluationError: a folder is missing, or no stem is in both folders.
+        UserError: an unreadable wav or checkpoint (the message names the file).
+    """
+    if fad_front_end not in FRONT_END_PRESETS:
+        raise UserError(f"fad_front_end {fad_front_end!r}: unknown; choose one of {sorted(FRONT_END_PRESETS)}")
+    reference_dirs = [reference_dir] if isinstance(reference_dir, (str, Path)) else list(reference_dir)
+    generated_files = wav_files(generated_dir)
+    reference_files: dict[str, Path] = {}
+    for folder in reversed(reference_dirs):
+        reference_files.update(wav_files(folder))
+    reference_dir = ", ".join(map(str, reference_dirs))
+    stems = sorted(set(generated_files) & set(reference_files))
+    if not stems:
+        raise EvaluationError(f"no clip to evaluate: none of the {len(generated_files)} .wav files in "
+                              f"{generated_dir} has a namesake among the {len(reference_files)} in {reference_dir}")
+    front_end = FRONT_END_PRESETS[fad_front_end]
+    vggish_model = load_vggish(vggish, device=device) if vggish is not None else None
+    passt_model = None
+    if passt is not None:
+        # Imported here so that chroma and FAD work without the KLD modules' imports.
+        from pipeline.metrics.kld import kl_rows
+        from pipeline.metrics.passt import load_passt, segment_probabilities
+
+        passt_model = load_passt(passt).to(device)
+
+    chroma_options = dict(n_fft=chroma_n_fft, hop=chroma_hop, argmax=chroma_argmax)
+    rows: list[dict[str, Any]] = []
+    chroma_sum, chroma_total = 0.0, 0
+    embeddings: dict[str, list[np.ndarray]] = {"generated": [], "reference": []}
+    kld_ref_gen_sum, kld_gen_ref_sum, kld_total = 0.0, 0.0, 0
+    for stem in tqdm(stems, desc="metrics", unit="clip", disable=not progress):
+        generated, generated_rate = read_wav(generated_files[stem])
+        reference, reference_rate = read_wav(reference_files[stem])
+        gen32 = mono_resampled(generated, generated_rate, chroma_metric.SAMPLE_RATE)
+        ref32 = mono_resampled(reference, reference_rate, chroma_metric.SAMPLE_RATE)
+        clip_sum, clip_frames = chroma_metric.chroma_cosine_sums(gen32, ref32, chroma_metric.SAMPLE_RATE,
+                                                                 **chroma_options)
+        chroma_sum += clip_sum
+        chroma_total += clip_frames
+        row = {"video_id": stem, "generated_seconds": generated.shape[1] / generated_rate,
+               "reference_seconds": reference.shape[1] / reference_rate,
+               "chroma_cosine": clip_sum / clip_frames if clip_frames else None, "chroma_frames": clip_frames,
+               "kld_ref_gen": None, "kld_gen_ref": None, "kld_segments": None}
+        if vggish_model is not None:
+            embeddings["generated"].append(embed(vggish_model, generated, generated_rate, **front_end))
+            embeddings["reference"].append(embed(vggish_model, reference, reference_rate, **front_end))
+        if passt_model is not None:
+            common = min(gen32.shape[0], ref32.shape[0])
+            gen_probs = segment_probabilities(passt_model, gen32[:common], KLD_SAMPLE_RATE,
+                                              segment_seconds=kld_segment_seconds, min_seconds=kld_min_seconds)
+            ref_probs = segment_probabilities(passt_model, ref32[:common], KLD_SAMPLE_RATE,
+                                              segment_seconds=kld_segment_seconds, min_seconds=kld_min_seconds)
+            segments = min(gen_probs.shape[0], ref_probs.shape[0])
+            row["kld_segments"] = segments
+            if segments:
+                ref_gen = kl_rows(ref_probs[:segments], gen_probs[:segments], kld_eps)
+                gen_ref = kl_rows(gen_probs[:segments], ref_probs[:segments], kld_eps)
+                row["kld_ref_gen"], row["kld_gen_ref"] = float(ref_gen.mean()), float(gen_ref.mean())
+                kld_ref_gen_sum += float(ref_gen.sum())
+                kld_gen_ref_sum += float(gen_ref.sum())
+                kld_total += segments
+        rows.append(row)
+
+    summary: dict[str, Any] = {
+        "fad": None, "fad_reason": None,
+        "kld_ref_gen": None, "kld_gen_ref": None, "kld_both": None, "kld_reason": None,
+        "chroma_cosine": chroma_sum / chroma_total if chroma_total else None,
+        "chroma_reason": None if chroma_total else "every generated clip is empty: no chroma frames",
+        "pairs": len(stems), "generated_files": len(generated_files), "reference_files": len(reference_files),
+        "unpaired_generated": sorted(set(generated_files) - set(reference_files)),
+        "unused_references": len(set(reference_files) - set(generated_files)),
+        "chroma_frames": chroma_total,
+        "fad_windows_generated": sum(e.shape[0] for e in embeddings["generated"]) if vggish_model else None,
+        "fad_windows_reference": sum(e.shape[0] for e in embeddings["reference"]) if vggish_model else None,
+        "kld_segments": kld_total if passt_model is not None else None,
+        "fad_embedder": None, "kld_classifier": None,
+        "settings": {
+            "chroma": {"sample_rate": chroma_metric.SAMPLE_RATE, "n_fft": chroma_n_fft, "hop": chroma_hop,
+                       "argmax": chroma_argmax, "norm_eps": chroma_metric.NORM_EPS,
+                       "cosine_eps": chroma_metric.COSINE_EPS},
+            "fad": {"front_end": fad_front_end, **front_end, "method": fad_method},
+            "kld": {"sample_rate": KLD_SAMPLE_RATE, "segment_seconds": kld_segment_seconds,
+                    "min_seconds": kld_min_seconds, "eps": kld_eps},
+        },
+    }
+    if vggish_model is None:
+        summary["fad_reason"] = ("no VGGish checkpoint given (vggish=PATH to torchvggish's vggish-10086976.pth); "
+                                 "FAD needs the real embedding weights")
+    else:
+        summary["fad_embedder"] = {**checkpoint_identity(vggish), "model": "VGGish (torchvggish keys), "
+                                   "128-d before the last activation, no PCA"}
+        windows = (summary["fad_windows_generated"], summary["fad_windows_reference"])
+        if min(windows) < 2:
+            summary["fad_reason"] = (f"too few VGGish windows for a covariance (generated {windows[0]}, reference "
+                                     f"{windows[1]}; at least 2 per set, clips shorter than 1 s give none)")
+        else:
+            summary["fad"] = frechet_distance(*embedding_stats(embeddings["generated"]),
+                                              *embedding_stats(embeddings["reference"]), method=fad_method)
+    if passt_model is None:
+        summary["kld_reason"] = ("no PaSST checkpoint given (passt=PATH to passt-s-f128-20sec-p16-s10-ap.474-swa.pt); "
+                                 "KL divergence needs the real classifier weights")
+    else:
+        summary["kld_classifier"] = {**checkpoint_identity(passt), "model": "PaSST-S 20 s (hear21passt), "
+                                     "softmax over 527 AudioSet classes"}
+        if kld_total == 0:
+            summary["kld_reason"] = (f"no PaSST segment longer than {kld_min_seconds} s in any pair")
+        else:
+            summary["kld_ref_gen"] = kld_ref_gen_sum / kld_total
+            summary["kld_gen_ref"] = kld_gen_ref_sum / kld_total
+            summary["kld_both"] = summary["kld_ref_gen"] + summary["kld_gen_ref"]
+    for key in ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine"):
+        if summary[key] is not None and not math.isfinite(summary[key]):
+            summary[key] = None
+            reason_key = "chroma_reason" if key == "chroma_cosine" else f"{key.split('_')[0]}_reason"
+            summary[reason_key] = f"{key} came out non-finite"
+    for row in rows:
+        for key in ("chroma_cosine", "kld_ref_gen", "kld_gen_ref"):
+            row[key] = _finite_or_none(row[key])
+    return summary, rows
+
+
+def evaluate_dirs(generated_dir: Path | str, reference_dir: Path | str | Sequence[Path | str],
+                  params: EvaluateParams, *, progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:func:`evaluate_pairs` with the ``evaluate`` params section (empty checkpoint paths = not computed)."""
+    from pipeline.device import resolve_device
+
+    return evaluate_pairs(generated_dir, reference_dir, vggish=params.vggish or None, passt=params.passt or None,
+                          chroma_argmax=params.chroma_argmax, chroma_n_fft=params.chroma_n_fft,
+                          chroma_hop=params.chroma_hop, kld_segment_seconds=params.kld_segment_seconds,
+                          kld_min_seconds=params.kld_min_seconds, kld_eps=params.kld_eps,
+                          device=resolve_device(params.device), progress=progress)
+
+
+def write_results(summary: dict[str, Any], rows: list[dict[str, Any]], json_path: Path | str,
+                  parquet_path: Path | str) -> tuple[Path, Path]:
+    """Write the summary as JSON and the rows as Parquet (columns of :data:`ROW_SCHEMA`), each atomically."""
+    with atomic_path(json_path) as temp:
+        temp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    table = pa.Table.from_pylist([{name: row.get(name) for name in ROW_SCHEMA.names} for row in rows],
+                                 schema=ROW_SCHEMA)
+    with atomic_path(parquet_path) as temp:
+        pq.write_table(table, temp)
+    return Path(json_path), Path(parquet_path)
