@@ -1,0 +1,486 @@
+"""A static, offline HTML report of one evaluation run: one folder, ``index.html`` plus copies of its media.
+
+The folder holds everything it shows (plots, generated and ground-truth videos, generated audio),
+linked by relative paths, so it opens from ``file://`` and still works when moved or archived.
+Nothing is fetched from a network: the CSS and the small media-state script are inline.
+
+The folder is written whole to a temporary sibling and renamed over the old one
+(:func:`pipeline.files.atomic_path`), so a failed build leaves the previous report as it was.
+
+A media or plot file that does not exist is an error (:class:`ReportError`, naming the clip and
+the file) raised before anything is written: a report that silently lacks a clip would pass for
+a complete one. A file that exists but cannot be decoded is shown in the browser, which marks it
+``data-state="error"`` with a visible "could not load" label.
+
+The media-state script: each ``<video>`` / ``<audio>`` gets ``data-state="loaded"`` on
+``loadedmetadata`` (plus ``data-duration``, and ``data-size`` for a video), or ``"error"`` on
+error or when a ``<video>`` has no picture (a browser drops a track it cannot decode and plays
+the rest: Chromium does so with MPEG-4 Part 2 video); each ``<img>`` gets ``"loaded"`` when it
+decoded (``naturalWidth > 0``), else ``"error"``; a failure also gets a visible "could not load"
+label. Once every element has settled, ``<body>`` gets ``data-media-ready="yes"`` and
+``data-media-errors`` (the count of failures), and the status line at the top says how many
+failed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import quote
+
+from pipeline.config import UserError
+from pipeline.files import atomic_path
+
+
+class ReportError(UserError, ValueError):
+    """Report inputs that cannot make a complete report (a missing file, a duplicate clip); the message says which."""
+
+
+# (key, label, direction/meaning) of the metrics table, in order.
+METRICS = (
+    ("fad", "FAD",
+     "Fréchet Audio Distance between the embedding distributions of generated and reference audio; "
+     "lower is better, 0 = same distribution"),
+    ("kld_ref_gen", "KL(reference ‖ generated)",
+     "KL divergence from the reference label distribution to the generated one; lower is better, 0 = same"),
+    ("kld_gen_ref", "KL(generated ‖ reference)",
+     "KL divergence from the generated label distribution to the reference one; lower is better, 0 = same"),
+    ("kld_both", "KL, both directions",
+     "kld_ref_gen + kld_gen_ref (symmetric); lower is better, 0 = same"),
+    ("chroma_cosine", "chroma cosine",
+     "frame-wise cosine of generated vs reference chroma (pitch classes), frame-weighted over all clips; "
+     "with one-hot frames (the default) the share of frames whose dominant pitch class matches; higher is better"),
+)
+
+# Where a null metric's reason is looked up, first match wins.
+REASON_KEYS = {
+    "fad": ("fad_reason",),
+    "kld_ref_gen": ("kld_ref_gen_reason", "kld_reason"),
+    "kld_gen_ref": ("kld_gen_ref_reason", "kld_reason"),
+    "kld_both": ("kld_both_reason", "kld_reason"),
+    "chroma_cosine": ("chroma_cosine_reason", "chroma_reason"),
+}
+
+COUNT_KEYS = ("pairs", "frames", "segments")
+
+# Meanings of the learning figures that have a documented definition; other keys show without one.
+BENCHMARK_MEANINGS = {
+    "ce_true": "held-out cross-entropy with each clip's own video (nats/token); lower is better",
+    "ce_shuffled": "held-out cross-entropy with other clips' videos, codes unchanged (nats/token)",
+    "video_info_gain": "ce_shuffled − ce_true: how much the right video helps predict the music "
+                       "(nats/token); > 0 means the model uses the video",
+    "held_out_segments": "segments the cross-entropies are measured on",
+    "held_out_clips": "clips those segments come from",
+    "train_clips": "clips trained on",
+    "steps": "optimizer steps",
+    "best_val_loss": "best validation loss during training (nats/token)",
+    "tokens_per_s": "training throughput (tokens per second)",
+    "oracle_gain": "the same decoder conditioned on the true labels (key, mode, tempo) instead of the video: "
+                   "the information available (nats/token)",
+    "motion_gain": "motion-only sample set: ce without the motion branch − ce with it (nats/token)",
+}
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
+       padding: 0 1rem; color: #1d1d1f; background: #fff; line-height: 1.4; }
+h1 { margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+.notice { border: 2px solid #c77700; background: #fff4e0; padding: .8rem 1rem; border-radius: 6px;
+          font-size: 1.05rem; margin: 1rem 0; white-space: pre-line; }
+#media-status { color: #555; font-size: .9rem; }
+#media-status.bad { color: #b00020; font-weight: bold; }
+table { border-collapse: collapse; margin: .6rem 0; font-size: .92rem; }
+th, td { border: 1px solid #ddd; padding: .3rem .6rem; text-align: left; vertical-align: top; }
+th { background: #f4f4f6; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.missing { color: #8a5a00; }
+.meaning { color: #555; }
+.scroll { overflow-x: auto; }
+figure { margin: .5rem 1rem .5rem 0; }
+figcaption { font-size: .9rem; color: #444; }
+.plots img { max-width: 100%; border: 1px solid #eee; }
+.clip { border-top: 1px solid #eee; padding-top: .5rem; margin-top: 1rem; }
+.pair { display: flex; flex-wrap: wrap; align-items: flex-start; }
+.pair figure { flex: 0 1 480px; min-width: 240px; }
+.pair video { display: block; width: 100%; aspect-ratio: 16 / 9; background: #000; }
+.pair audio { display: block; width: 100%; }
+.file-link { font-size: .85rem; }
+.placeholder { width: 100%; aspect-ratio: 16 / 9; display: flex; align-items: center; justify-content: center;
+               background: #f4f4f6; color: #666; border: 1px dashed #bbb; }
+.media-error { display: block; color: #b00020; font-weight: bold; font-size: .9rem; }
+"""
+
+SCRIPT = """
+(function () {
+  var els = Array.prototype.slice.call(document.querySelectorAll('video, audio, img'));
+  var pending = els.length, failed = 0;
+  function finish() {
+    document.body.setAttribute('data-media-errors', String(failed));
+    document.body.setAttribute('data-media-ready', 'yes');
+    var status = document.getElementById('media-status');
+    if (status) {
+      status.textContent = failed ? failed + ' of ' + els.length + ' media files could not load (marked below).'
+                                  : 'All ' + els.length + ' media files loaded.';
+      if (failed) status.className = 'bad';
+    }
+  }
+  function settle(el, state, why) {
+    if (el.hasAttribute('data-state')) return;
+    el.setAttribute('data-state', state);
+    if (state === 'loaded' && el.tagName !== 'IMG') {
+      el.setAttribute('data-duration', String(el.duration));
+      if (el.tagName === 'VIDEO') el.setAttribute('data-size', el.videoWidth + 'x' + el.videoHeight);
+    }
+    if (state === 'error') {
+      failed += 1;
+      var label = document.createElement('span');
+      label.className = 'media-error';
+      label.textContent = 'could not load ' + el.getAttribute('src') + (why ? ': ' + why : '');
+      el.insertAdjacentElement('afterend', label);
+    }
+    pending -= 1;
+    if (pending === 0) finish();
+  }
+  // A browser drops a track it cannot decode and plays the rest: a video without a picture is a failure.
+  function metadata(el) {
+    if (el.tagName === 'VIDEO' && !(el.videoWidth > 0)) settle(el, 'error', 'no video track this browser can decode');
+    else settle(el, 'loaded');
+  }
+  function reason(el) { return el.error ? (el.error.message || 'media error ' + el.error.code) : ''; }
+  els.forEach(function (el) {
+    if (el.tagName === 'IMG') {
+      var decoded = function () { settle(el, el.naturalWidth > 0 ? 'loaded' : 'error', 'not a decodable image'); };
+      if (el.complete) { decoded(); return; }
+      el.addEventListener('load', decoded);
+      el.addEventListener('error', function () { settle(el, 'error', 'not found or not a decodable image'); });
+      return;
+    }
+    if (el.error) { settle(el, 'error', reason(el)); return; }
+    if (el.readyState >= 1) { metadata(el); return; }
+    el.addEventListener('loadedmetadata', function () { metadata(el); });
+    el.addEventListener('error', function () { settle(el, 'error', reason(el)); });
+  });
+  if (pending === 0) finish();
+})();
+"""
+
+
+def build_report(out_dir: Path | str, *, eval_summary: dict, clip_rows: list[dict], benchmark: dict | None,
+                 plots: list[Path], media: list[dict], notice: str | None,
+                 title: str = "v2m evaluation report") -> Path:
+    """Write the report folder ``out_dir`` (index.html, plots/, media/) atomically; return the index.html path.
+
+    Args:
+        eval_summary: the evaluation summary: metrics ``fad``, ``kld_ref_gen``, ``kld_gen_ref``,
+            ``kld_both``, ``chroma_cosine`` (None = not computed, with the reason under
+            ``fad_reason`` / ``kld_reason`` / ``<metric>_reason``), counts ``pairs``, ``frames``,
+            ``segments``; any other fields are listed too.
+        clip_rows: per-clip metrics, one dict per clip with a ``video_id``.
+        benchmark: the learning figures (``ce_true``, ``ce_shuffled``, ``video_info_gain``, ...),
+            every key shown; None = no such section content.
+        plots: image files (PNG) to show, captioned with their file names.
+        media: per clip ``{"video_id", "generated": mp4, "reference": mp4 or None,
+            "generated_audio": wav (optional)}``; every file is copied into the folder.
+        notice: a headline notice shown above everything; None for none.
+
+    Raises:
+        ReportError: a plot or media file that does not exist, a media item without a
+            ``video_id`` or ``generated`` video, or a clip listed twice. Nothing is written then.
+    """
+    out_dir = Path(out_dir)
+    plot_files = _plan_plots(plots)
+    clips = _plan_media(media)
+    rows_by_id = {str(row.get("video_id")): row for row in clip_rows}
+    with atomic_path(out_dir) as temp:
+        temp.mkdir()
+        for source, relative in plot_files + [f for clip in clips for f in clip["files"]]:
+            target = temp / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _copy(source, target)
+        page = _page(title=title, notice=notice, eval_summary=eval_summary, clip_rows=clip_rows,
+                     benchmark=benchmark, plot_files=plot_files, clips=clips, rows_by_id=rows_by_id)
+        (temp / "index.html").write_text(page, encoding="utf-8")
+    return out_dir / "index.html"
+
+
+def _copy(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+
+
+# ---- planning: check inputs and choose file names before anything is written ----
+
+def _safe_name(text: str, taken: set[str]) -> str:
+    """A file-name-safe, unique form of ``text`` (letters, digits, ``._-``)."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "item"
+    base = base[:80]
+    name, n = base, 1
+    while name.lower() in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name.lower())
+    return name
+
+
+def _existing_file(path: Any, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        state = "is not a file" if path.exists() else "does not exist"
+        raise ReportError(f"report: {what} {path} {state}")
+    return path
+
+
+def _plan_plots(plots: Iterable[Path]) -> list[tuple[Path, str]]:
+    taken: set[str] = set()
+    planned = []
+    for plot in plots:
+        source = _existing_file(plot, "plot")
+        name = _safe_name(source.stem, taken) + source.suffix.lower()
+        planned.append((source, f"plots/{name}"))
+    return planned
+
+
+def _plan_media(media: Iterable[dict]) -> list[dict]:
+    taken: set[str] = set()
+    seen: set[str] = set()
+    clips = []
+    for index, item in enumerate(media):
+        video_id = item.get("video_id")
+        if video_id is None or str(video_id) == "":
+            raise ReportError(f"report: media item {index} has no video_id")
+        video_id = str(video_id)
+        if video_id in seen:
+            raise ReportError(f"report: clip {video_id!r} is listed twice in media")
+        seen.add(video_id)
+        if item.get("generated") is None:
+            raise ReportError(f"report: clip {video_id!r} has no generated video")
+        folder = f"media/{_safe_name(video_id, taken)}"
+        clip = {"video_id": video_id, "files": []}
+        for key, what, stem in (("generated", "generated video", "generated"),
+                                ("reference", "ground-truth video", "reference"),
+                                ("generated_audio", "generated audio", "generated_audio")):
+            if item.get(key) is None:
+                clip[key] = None
+                continue
+            source = _existing_file(item[key], f"{what} of clip {video_id!r}:")
+            relative = f"{folder}/{stem}{source.suffix.lower()}"
+            clip[key] = relative
+            clip["files"].append((source, relative))
+        clips.append(clip)
+    return clips
+
+
+# ---- rendering ----
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _url(relative: str) -> str:
+    return _e(quote(relative))
+
+
+def fmt(value: Any) -> str:
+    """How a value shows in the tables: ints as they are, floats to 4 decimals (or 3 significant in
+    exponent form when tiny or huge), None as an em dash, other values as text."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3e}"
+        if abs(value) >= 100:
+            return f"{value:.2f}"
+        return f"{value:.4f}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _raw(value: Any) -> str:
+    """The exact value, as JSON, for a ``data-value`` attribute."""
+    try:
+        return json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        return json.dumps(str(value))
+
+
+def _value_cell(value: Any) -> str:
+    cls = ' class="num"' if _is_number(value) else ""
+    return f'<td{cls} data-value="{_e(_raw(value))}">{_e(fmt(value))}</td>'
+
+
+def _reason(summary: dict, metric: str) -> str | None:
+    for key in REASON_KEYS.get(metric, (f"{metric}_reason",)):
+        if summary.get(key):
+            return str(summary[key])
+    return None
+
+
+def _metrics_section(summary: dict) -> str:
+    rows = []
+    for key, label, meaning in METRICS:
+        value = summary.get(key)
+        if value is None:
+            reason = _reason(summary, key) or "no reason given"
+            cell = (f'<td class="missing" data-value="null">not computed '
+                    f'<span class="reason">({_e(reason)})</span></td>')
+        else:
+            cell = _value_cell(value)
+        rows.append(f'<tr data-metric="{_e(key)}"><th scope="row">{_e(label)} <code>{_e(key)}</code></th>'
+                    f'{cell}<td class="meaning">{_e(meaning)}</td></tr>')
+    used = {k for k, _, _ in METRICS} | {r for keys in REASON_KEYS.values() for r in keys}
+    counts = [(k, summary[k]) for k in COUNT_KEYS if k in summary]
+    other = [(k, v) for k, v in summary.items() if k not in used and k not in COUNT_KEYS]
+    parts = ['<h2 id="metrics-heading">Metrics</h2>',
+             '<table id="metrics"><thead><tr><th>metric</th><th>value</th><th>direction / meaning</th></tr></thead>'
+             f'<tbody>{"".join(rows)}</tbody></table>']
+    if counts:
+        parts.append("<h3>Counts</h3>" + _key_value_table("counts", counts))
+    if other:
+        parts.append("<h3>Other summary fields</h3>" + _key_value_table("summary-other", other))
+    return "\n".join(parts)
+
+
+def _key_value_table(table_id: str, items: list[tuple[str, Any]], meanings: dict | None = None) -> str:
+    head = "<th>meaning</th>" if meanings is not None else ""
+    rows = []
+    for key, value in items:
+        meaning = f'<td class="meaning">{_e(meanings.get(key, ""))}</td>' if meanings is not None else ""
+        rows.append(f'<tr data-key="{_e(key)}"><th scope="row"><code>{_e(key)}</code></th>'
+                    f'{_value_cell(value)}{meaning}</tr>')
+    return (f'<table id="{_e(table_id)}"><thead><tr><th>name</th><th>value</th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _flatten(mapping: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items.extend(_flatten(value, f"{name}."))
+        else:
+            items.append((name, value))
+    return items
+
+
+def _learning_section(benchmark: dict | None) -> str:
+    heading = '<h2 id="learning-heading">Learning figures</h2>'
+    if benchmark is None:
+        return heading + '<p id="learning-missing">No learning figures were given for this run.</p>'
+    return heading + _key_value_table("learning", _flatten(benchmark), BENCHMARK_MEANINGS)
+
+
+def _caption(path: str) -> str:
+    return Path(path).stem.replace("_", " ").replace("-", " ")
+
+
+def _plots_section(plot_files: list[tuple[Path, str]]) -> str:
+    if not plot_files:
+        return ""
+    figures = []
+    for source, relative in plot_files:
+        caption = _caption(source.name)
+        figures.append(f'<figure><img src="{_url(relative)}" alt="{_e(caption)}" loading="eager">'
+                       f'<figcaption>{_e(caption)} <span class="meaning">({_e(source.name)})</span>'
+                       '</figcaption></figure>')
+    return '<h2 id="plots-heading">Plots</h2><div class="plots">' + "".join(figures) + "</div>"
+
+
+def _media_tag(kind: str, relative: str | None, role: str, missing_text: str) -> str:
+    if relative is None:
+        return f'<div class="placeholder" data-role="{_e(role)}">{_e(missing_text)}</div>'
+    return (f'<{kind} controls preload="metadata" data-role="{_e(role)}" src="{_url(relative)}"></{kind}>'
+            f'<a class="file-link" href="{_url(relative)}">{_e(Path(relative).name)}</a>')
+
+
+def _clip_anchor(video_id: str) -> str:
+    return "clip-" + re.sub(r"[^A-Za-z0-9_-]", "_", video_id)
+
+
+def _media_section(clips: list[dict], rows_by_id: dict) -> str:
+    if not clips:
+        return ""
+    blocks = []
+    for clip in clips:
+        video_id = clip["video_id"]
+        row = rows_by_id.get(video_id)
+        if row is None:
+            metrics = '<p class="meaning">No per-clip metrics for this clip.</p>'
+        else:
+            metrics = _key_value_table(f"clip-metrics-{_clip_anchor(video_id)}",
+                                       [(k, v) for k, v in row.items() if k != "video_id"])
+        audio = ""
+        if clip["generated_audio"] is not None:
+            audio = ('<figure><figcaption>generated audio</figcaption>'
+                     + _media_tag("audio", clip["generated_audio"], "generated-audio", "") + "</figure>")
+        blocks.append(
+            f'<div class="clip" id="{_e(_clip_anchor(video_id))}" data-video-id="{_e(video_id)}">'
+            f'<h3>{_e(video_id)}</h3><div class="pair">'
+            f'<figure><figcaption>generated</figcaption>'
+            f'{_media_tag("video", clip["generated"], "generated", "")}</figure>'
+            f'<figure><figcaption>ground truth</figcaption>'
+            f'{_media_tag("video", clip["reference"], "reference", "no ground-truth video")}</figure>'
+            f'{audio}</div>{metrics}</div>')
+    return '<h2 id="media-heading">Clips: generated vs ground truth</h2>' + "".join(blocks)
+
+
+def _clips_table(clip_rows: list[dict], with_media: set[str]) -> str:
+    if not clip_rows:
+        return '<h2 id="clips-heading">Per-clip metrics</h2><p>No per-clip rows.</p>'
+    columns: list[str] = ["video_id"]
+    for row in clip_rows:
+        columns.extend(k for k in row if k not in columns)
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = []
+    for row in clip_rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            if column == "video_id":
+                text = _e(fmt(value))
+                if str(value) in with_media:
+                    text = f'<a href="#{_e(_clip_anchor(str(value)))}">{text}</a>'
+                cells.append(f"<td>{text}</td>")
+            else:
+                cells.append(_value_cell(value))
+        body.append(f'<tr data-video-id="{_e(row.get("video_id"))}">{"".join(cells)}</tr>')
+    return (f'<h2 id="clips-heading">Per-clip metrics</h2><div class="scroll"><table id="clips">'
+            f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _page(*, title: str, notice: str | None, eval_summary: dict, clip_rows: list[dict], benchmark: dict | None,
+          plot_files: list[tuple[Path, str]], clips: list[dict], rows_by_id: dict) -> str:
+    notice_html = (f'<div class="notice" id="notice" role="note"><strong>Note:</strong> {_e(notice)}</div>'
+                   if notice else "")
+    sections = [
+        _metrics_section(eval_summary),
+        _learning_section(benchmark),
+        _plots_section(plot_files),
+        _media_section(clips, rows_by_id),
+        _clips_table(clip_rows, {c["video_id"] for c in clips}),
+    ]
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head>\n"
+        f"<body><h1>{_e(title)}</h1>"
+        '<p id="media-status">Loading media…</p>'
+        f"{notice_html}\n" + "\n".join(s for s in sections if s) +
+        f"\n<script>{SCRIPT}</script>\n</body></html>\n"
+    )
