@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command setup: a virtual environment in .venv with the pinned set (requirements.lock),
 # the project installed editable with its `v2m` command, and an ffmpeg program (from the
-# imageio-ffmpeg wheel) linked into .venv/bin. Safe to run again.
+# imageio-ffmpeg wheel) linked into .venv/bin, and Debian's chromium for the report test. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,4 +23,14 @@ for bad in torchvision torchaudio timm open_clip_torch audiocraft; do
         exit 1
     fi
 done
+# The report test opens the HTML report in a real browser: Debian's Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup.sh: installing Debian's chromium (for the HTML report test)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+    else
+        echo "setup.sh: no chromium; install Debian's 'chromium' package (as root) for the report test" >&2
+    fi
+fi
 .venv/bin/v2m doctor

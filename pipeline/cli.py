@@ -85,6 +85,52 @@ def _cmd_params_show(args: argparse.Namespace) -> None:
             print(f"{key:<34} {default!r:<14} {doc}")
 
 
+def _section_with_options(args: argparse.Namespace, name: str, cls: type, options: dict) -> object:
+    """Section ``name`` of ``args.params`` (when the file exists) with the given command-line options
+    on top, validated like params.yaml: a bad value is one error naming the option's key."""
+    base = config.load_params(args.params, [name])[name] if args.params.is_file() else cls()
+    values = {**config.as_dict(base), **{k: v for k, v in options.items() if v is not None}}
+    return config.build(cls, values, prefix=name, source=f"v2m {name}")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from pipeline.generate import Generator, check_model_folder, check_video, score_video
+
+    params = _section_with_options(args, "generate", config.GenerateParams, {
+        "model": str(args.model) if args.model else None, "cfg": args.cfg, "top_k": args.top_k,
+        "temperature": args.temperature, "seed": args.seed, "window_seconds": args.window_seconds,
+        "prompt_seconds": args.prompt_seconds, "device": args.device})
+    check_video(args.video)      # before minutes of model loading
+    check_model_folder(params.model, params)
+    _quiet_transformers()
+    generator = Generator.load(params.model, device=params.device)
+    music = score_video(generator, args.video, args.output, params, wav=args.wav, keep_audio=args.keep_audio,
+                        progress=not args.quiet)
+    extra = f" and {args.wav}" if args.wav else ""
+    print(f"wrote {args.output}{extra}: {music.seconds:.2f} s of music in {len(music.windows)} window(s), "
+          f"{'mixed over' if args.keep_audio else 'replacing'} the original audio")
+
+
+def _quiet_transformers() -> None:
+    """No per-checkpoint "Loading weights" bars from transformers: v2m shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from pipeline.metrics.evaluate import evaluate_dirs, write_results
+
+    params = _section_with_options(args, "evaluate", config.EvaluateParams, {
+        "vggish": str(args.vggish) if args.vggish else None, "passt": str(args.passt) if args.passt else None})
+    summary, rows = evaluate_dirs(args.generated, args.reference, params, progress=not args.quiet)
+    table = args.clips or args.out.with_suffix(".clips.parquet")
+    write_results(summary, rows, args.out, table)
+    shown = ", ".join(f"{key} {summary[key]:.4f}" if isinstance(summary[key], float) else f"{key} n/a"
+                      for key in ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine"))
+    print(f"{summary['pairs']} pairs: {shown}; wrote {args.out} and {table}")
+
+
 def _cmd_doctor(args: argparse.Namespace) -> None:
     import torch
 
@@ -110,8 +156,16 @@ def _cmd_doctor(args: argparse.Namespace) -> None:
     print("v2m doctor: OK")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as the one line every other error is: ``v2m CMD: error: ...``."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="v2m", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="v2m", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     synth = sub.add_parser("synth", help="render the synthetic sample set v2m-synth")
@@ -155,6 +209,46 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_params_check)
     show = params_sub.add_parser("show", help="every known key with its default")
     show.set_defaults(func=_cmd_params_show)
+
+    generate = sub.add_parser("generate", help="compose music for a video and mux it on",
+                              description="Compose music for VIDEO (any size, orientation, frame rate or length, "
+                                          "with or without sound) and write it muxed onto the video.")
+    generate.add_argument("video", type=Path, metavar="VIDEO", help="input video")
+    generate.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.mp4",
+                          help="output video with the music (the input's length)")
+    generate.add_argument("--model", type=Path, help="exported model folder (default: generate.model, models/v2m)")
+    generate.add_argument("--cfg", type=float, help="classifier-free guidance coefficient (default 3.0)")
+    generate.add_argument("--top-k", type=int, help="sample among the k likeliest codes (default 250; 0 = all)")
+    generate.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
+    generate.add_argument("--seed", type=int, help="sampling seed (default 0; same seed, same music)")
+    generate.add_argument("--wav", type=Path, metavar="OUT.wav", help="also write the music alone as a WAV")
+    generate.add_argument("--keep-audio", action="store_true",
+                          help="mix the music over the original audio instead of replacing it")
+    generate.add_argument("--window-seconds", type=float,
+                          help="generation window (default: the model's training segment length)")
+    generate.add_argument("--prompt-seconds", type=float, help="overlap that prompts each next window (default 1)")
+    generate.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto (CUDA when present)")
+    generate.add_argument("--params", type=Path, default=config.DEFAULT_PARAMS_FILE,
+                          help="defaults come from this file's generate section when it exists")
+    generate.add_argument("--quiet", action="store_true", help="no progress bar")
+    generate.set_defaults(func=_cmd_generate)
+
+    evaluate = sub.add_parser("evaluate", help="FAD / KLD / chroma cosine of generated vs reference audio",
+                              description="Score generated audio against references, pairs matched by file stem "
+                                          "(<id>.wav in both folders); metric definitions in the README.")
+    evaluate.add_argument("--generated", type=Path, required=True, metavar="DIR", help="generated <id>.wav files")
+    evaluate.add_argument("--reference", type=Path, required=True, metavar="DIR", help="reference <id>.wav files")
+    evaluate.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="summary metrics")
+    evaluate.add_argument("--clips", type=Path, metavar="FILE.parquet",
+                          help="per-clip table (default: beside --out, .clips.parquet)")
+    evaluate.add_argument("--vggish", type=Path, metavar="CKPT",
+                          help="VGGish weights (torchvggish vggish-10086976.pth); without them FAD is null")
+    evaluate.add_argument("--passt", type=Path, metavar="CKPT",
+                          help="PaSST 20 s checkpoint (passt-s-f128-20sec-p16-s10-ap.474-swa.pt); without it KLD is null")
+    evaluate.add_argument("--params", type=Path, default=config.DEFAULT_PARAMS_FILE,
+                          help="defaults come from this file's evaluate section when it exists")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     doctor = sub.add_parser("doctor", help="check the installation (torch, ffmpeg, forbidden packages)")
     doctor.set_defaults(func=_cmd_doctor)

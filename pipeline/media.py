@@ -306,3 +306,55 @@ def cut_clip(source: Path | str, target: Path | str, seconds: float, fps: int, m
             lines = result.stderr.strip().splitlines()
             raise MediaError(f"{source}: ffmpeg could not cut the clip ({lines[-1] if lines else result.returncode})")
     return Path(target)
+
+
+# Video codecs an mp4 can carry as they are; anything else is re-encoded to H.264.
+MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "vp9", "mpeg4"})
+
+
+def video_codec(path: Path | str) -> str | None:
+    """Name of the first video stream's codec (``h264``, ``vp9``, ...), None without video."""
+    with _open(path) as container:
+        return container.streams.video[0].codec_context.name if container.streams.video else None
+
+
+def mux_music(video: Path | str, music: np.ndarray, sample_rate: int, target: Path | str, *,
+              duration: float, keep_audio: bool = False, music_gain_db: float = 0.0,
+              audio_bitrate: str = "192k") -> Path:
+    """The video with ``music`` as its soundtrack, exactly ``duration`` seconds long, atomically.
+
+    The picture is copied when an mp4 can carry its codec (no quality loss, fast), else re-encoded to
+    H.264. Any rotation tag travels with the copied stream, so portrait phone videos stay upright.
+
+    Args:
+        music: float ``[C, S]`` (C 1 or 2) in [-1, 1].
+        duration: seconds of the output (the input video's length).
+        keep_audio: mix the music over the original audio instead of replacing it; a video without
+            audio gets the music alone.
+        music_gain_db: gain of the music in the mix (``keep_audio`` only).
+    """
+    video = Path(video)
+    info = probe(video)
+    mix = keep_audio and info.audio_rate is not None
+    copy_video = video_codec(video) in MP4_VIDEO_CODECS
+    with atomic_path(target) as temp, tempfile.TemporaryDirectory() as scratch:
+        wav = Path(scratch) / "music.wav"
+        soundfile.write(str(wav), np.asarray(music, dtype=np.float32).T, sample_rate, subtype="FLOAT")
+        command = [ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error", "-i", str(video), "-i", str(wav),
+                   "-map", "0:v:0"]
+        if mix:
+            # normalize=0: amix would otherwise halve both inputs; the music keeps its loudness.
+            command += ["-filter_complex",
+                        f"[1:a]volume={music_gain_db:.3f}dB[m];[0:a:0][m]amix=inputs=2:duration=longest:normalize=0[a]",
+                        "-map", "[a]"]
+        else:
+            command += ["-map", "1:a:0"]
+        command += ["-c:v", "copy"] if copy_video else ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
+                                                       "-pix_fmt", "yuv420p"]
+        command += ["-c:a", "aac", "-b:a", audio_bitrate, "-t", f"{duration:.6f}", "-movflags", "+faststart",
+                    "-f", "mp4", str(temp)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines()
+            raise MediaError(f"{video}: ffmpeg could not mux the music ({lines[-1] if lines else result.returncode})")
+    return Path(target)

@@ -97,7 +97,8 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
 
     first = run(["dvc", "repro"], work)
     assert ran(first) == {"sample", "download@s0000", "clip@s0000", "separator_init", "separate@s0000",
-                          "clip_init", "codec_init", "visual@s0000", "motion@s0000", "codes@s0000", "train"}
+                          "clip_init", "codec_init", "visual@s0000", "motion@s0000", "codes@s0000", "train",
+                          "generate", "evaluate", "report"}
     rows = read_labels(work / "data" / "sample")
     assert len(rows) == 6
     assert [r["status"] for r in read_status(work / "data" / "raw" / "s0000")] == ["ok"] * 6
@@ -116,13 +117,26 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     assert (work / "models" / "v2m" / "model.safetensors").is_file()
     assert (work / "metrics" / "train" / "plots" / "metrics" / "loss.tsv").is_file()
 
+    # The music of the test split, scored against the separated references, and the report.
+    generated = [r for r in read_status(work / "data" / "generated") if r["status"] == "ok"]
+    assert generated and all(r["video_id"] in {x["video_id"] for x in rows} for r in generated)
+    for row in generated:
+        assert media.probe(work / "data" / "generated" / f"{row['video_id']}.mp4").duration == pytest.approx(2.0, abs=0.05)
+    evaluation = json.loads((work / "metrics" / "eval.json").read_text())
+    assert evaluation["pairs"] == len(generated) and 0.0 <= evaluation["chroma_cosine"] <= 1.0
+    assert evaluation["fad"] is None and "VGGish" in evaluation["fad_reason"]
+    assert evaluation["kld_both"] is None and "PaSST" in evaluation["kld_reason"]
+    assert (work / "metrics" / "eval" / "plots" / "distributions.png").is_file()
+    page = (work / "metrics" / "report" / "index.html").read_text()
+    assert "RANDOM weights" in page and "chroma_cosine" in page
+
     second = run(["dvc", "repro"], work)
     assert ran(second) == set() and "up to date" in second
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["features"]["flow"]["winsize"] = 13
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    assert ran(run(["dvc", "repro"], work)) == {"motion@s0000", "train"}
+    assert ran(run(["dvc", "repro"], work)) == {"motion@s0000", "train", "generate", "evaluate", "report"}
 
     extra = work / "extra"
     render_sample_set(extra, SampleParams(n_clips=1, seconds=3.0, seed=5), progress=False)
@@ -132,7 +146,7 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     append_shard_to_params(work / "params.yaml", "s0001")
     third = run(["dvc", "repro"], work)
     assert ran(third) == {"download@s0001", "clip@s0001", "separate@s0001", "visual@s0001", "motion@s0001",
-                          "codes@s0001", "train"}
+                          "codes@s0001", "train", "generate", "evaluate", "report"}
     assert [r["video_id"] for r in read_status(work / "data" / "clips" / "s0001")] == [row["video_id"]]
 
     params = yaml.safe_load((work / "params.yaml").read_text())

@@ -16,6 +16,7 @@ Audio is float32 ``[1, S]`` at 32 kHz; codes are int16 ``[K, T]`` with ``T = cei
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -109,6 +110,12 @@ def load_codec(path: str | Path, device: str = "auto", cache_dir: str | Path | N
 
 
 # ----------------------------------------------------------------------------------------------- coding
+
+def is_random_codec(path: str | Path) -> bool:
+    """True when ``path`` is one of our random-weight codecs (``codec_init``): its decoder makes noise, not music."""
+    config = Path(path) / "config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get(RANDOM_MARKER, False))
+
 
 def _as_batch(audios: np.ndarray | Sequence[np.ndarray], model: EncodecModel) -> torch.Tensor:
     """float ``[B, 1, S]`` (or a list of ``[1, S]``) -> tensor ``[B, 1, S]`` on the model's device and dtype."""

@@ -28,9 +28,9 @@ from tqdm import tqdm
 from pipeline import media
 from pipeline.config import CodesFeatureParams, FlowFeatureParams, VisualFeatureParams
 from pipeline.features import codec as codec_lib
-from pipeline.features.motion import flow_kwargs, flow_magnitudes, quantize
+from pipeline.features.motion import dequantize, flow_kwargs, flow_magnitudes, quantize
 from pipeline.features.store import ShardWriter, tensor_column
-from pipeline.features.visual import HIDDEN_STATE, encode_frames, preprocess
+from pipeline.features.visual import HIDDEN_STATE, ClipEncoder, encode_frames, preprocess
 from pipeline.status import FAILED, OK, read_status, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.features")
@@ -181,6 +181,37 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
         writer.__exit__(None, None, None)
     producer.join()
     return rows
+
+
+@dataclass
+class VideoFeatures:
+    """One video's features as the cache holds them.
+
+    ``tokens``: float16 ``[N_v, 50, 768]`` CLIP tokens; ``flow``: float32 ``[N_m, S, S]`` magnitudes after
+    the cache's uint8 quantisation round trip (None when not asked for); ``seconds``: span sampled.
+    """
+
+    tokens: np.ndarray
+    flow: np.ndarray | None
+    seconds: float
+
+
+def extract_video(path: Path | str, *, visual: VisualFeatureParams, encoder: ClipEncoder,
+                  flow: FlowFeatureParams | None = None, seconds: float | None = None) -> VideoFeatures:
+    """The features of one whole video (or its first ``seconds``), for generation.
+
+    The same decode, preprocessing, CLIP and Farneback as :func:`extract_tables`, with the same
+    storage rounding, so a model sees the kind of input it was trained on.
+    """
+    frames = media.sample_frames(path, rgb_fps=visual.fps, gray_fps=flow.fps if flow is not None else None,
+                                 seconds=seconds)
+    if frames.rgb is None or not len(frames.rgb):
+        raise media.MediaError(f"{path}: too short for one frame at {visual.fps} fps")
+    tokens = encoder.encode(frames.rgb)
+    maps = None
+    if flow is not None:
+        maps = dequantize(*quantize(flow_magnitudes(frames.gray, **flow_kwargs(flow))))
+    return VideoFeatures(tokens, maps, frames.seconds)
 
 
 def _tokens_type(model) -> pa.DataType:

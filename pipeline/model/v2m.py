@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -393,8 +393,12 @@ class V2MModel(nn.Module):
 
     # -- files
 
-    def save_pretrained(self, folder: Path | str) -> Path:
+    def save_pretrained(self, folder: Path | str, extra_files: Mapping[str, str] | None = None) -> Path:
         """Write ``config.json`` (V2MConfig) and ``model.safetensors`` to ``folder``, atomically.
+
+        Args:
+            extra_files: more text files for the folder, name -> content (the train stage adds
+                ``features.json``, the recipe of the model's inputs that generation needs).
 
         Returns:
             ``folder``.
@@ -405,6 +409,8 @@ class V2MModel(nn.Module):
             (temp / CONFIG_FILE).write_text(json.dumps({"model_type": MODEL_TYPE, **self.config.to_dict()},
                                                        indent=2) + "\n")
             save_file(state, str(temp / WEIGHTS_FILE), metadata={"format": "pt"})
+            for name, text in (extra_files or {}).items():
+                (temp / name).write_text(text)
         return Path(folder)
 
     @classmethod

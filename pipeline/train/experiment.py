@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.config import FeaturesParams, ModelParams, SplitParams, TrainParams, UserError, as_dict
+from pipeline.features.recipe import RECIPE_FILE, FeatureRecipe
 from pipeline.features.store import FeatureShard
 from pipeline.files import atomic_path
 from pipeline.model.builder import build_model
@@ -82,6 +83,8 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
                  progress: bool = True) -> dict:
     """Train on the listed shards, export the best EMA weights, measure the learning figures.
 
+    The export also holds ``features.json`` (:mod:`pipeline.features.recipe`): how the inputs were made.
+
     Checkpoints go to ``work_root/<run key>`` (outside the DVC outputs), so a killed run resumes
     and a changed configuration starts afresh. Returns the training summary plus the figures,
     which are also written to ``metrics_file`` (atomically) when given.
@@ -91,8 +94,9 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     model = build_model(model_params, motion_size=features.flow.size)
     model.log_param_counts()
     work_dir = Path(work_root) / run_key(model_params, train_params, features, shards)
+    recipe = FeatureRecipe(features, train_params.segment_seconds)
     summary = train(model, sets["train"], sets["val"], train_params, work_dir=work_dir, live_dir=Path(live_dir),
-                    export_dir=Path(export_dir), progress=progress)
+                    export_dir=Path(export_dir), progress=progress, export_files={RECIPE_FILE: recipe.to_json()})
     best = V2MModel.from_pretrained(export_dir)
     figures = learning_figures(best, sets["held_out"], batch_size=max(1, min(train_params.batch_size, 16)),
                                seed=train_params.seed)

@@ -310,7 +310,8 @@ def _validate(accelerator: Accelerator, model: torch.nn.Module, val_set: Segment
 
 def train(model: torch.nn.Module, train_set: SegmentDataset, val_set: SegmentDataset | None, params: TrainParams, *,
           work_dir: Path, live_dir: Path, export_dir: Path, progress: bool = True,
-          callback: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          callback: Callable[[int, dict[str, Any]], None] | None = None,
+          export_files: dict[str, str] | None = None) -> dict[str, Any]:
     """Train ``model`` to ``params.max_steps`` updates (resuming from ``work_dir`` if it holds a checkpoint).
 
     Args:
@@ -325,6 +326,7 @@ def train(model: torch.nn.Module, train_set: SegmentDataset, val_set: SegmentDat
         progress: show a tqdm bar (main process only).
         callback: called on the main process after every update with ``(step, info)``; an
             exception it raises stops the run as a kill would (tests use it).
+        export_files: extra text files written into ``export_dir`` with the weights (name -> content).
 
     Returns:
         ``steps``, ``best_val_loss``, ``best_step``, ``final_train_loss`` (mean loss of the last
@@ -449,7 +451,7 @@ def train(model: torch.nn.Module, train_set: SegmentDataset, val_set: SegmentDat
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with swapped_weights(raw, export), atomic_path(export_dir) as temp:
-            raw.save_pretrained(temp)
+            raw.save_pretrained(temp, extra_files=export_files)
         live = accelerator.get_tracker("dvclive", unwrap=True)
         if math.isfinite(state.best_val):     # metrics.json: the latest values, the best one too
             live.summary.update(val_loss=state.last_val, best_val_loss=state.best_val, best_step=state.best_step)

@@ -1,0 +1,199 @@
+"""`v2m generate` on the videos users have: any size, orientation, frame rate, length, with or without sound.
+
+A tiny model of the real architecture (random weights) with a tiny random CLIP and codec, exported
+the way the train stage exports (config + safetensors + features.json), drives the real path:
+decode -> CLIP/Farneback -> windowed sampling -> EnCodec decoding -> loudness -> ffmpeg mux.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import media
+from pipeline.audio import integrated_loudness, normalize_loudness
+from pipeline.config import FeaturesParams, GenerateParams
+from pipeline.features import codec as codec_lib
+from pipeline.features.recipe import RECIPE_FILE, FeatureRecipe, read_recipe
+from pipeline.features.visual import save_random_clip
+from pipeline.generate import Generator, generate_music, plan_windows
+from pipeline.model.builder import tiny_config
+from pipeline.model.v2m import V2MModel
+
+SEGMENT_SECONDS = 2.0
+CODEBOOK = 64
+
+
+def frames(count: int, height: int, width: int, seed: int = 0):
+    """Moving bars: enough structure for the flow to see motion."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    for index in range(count):
+        yield np.roll(base, 2 * index, axis=1)
+
+
+def tone(seconds: float, rate: int = 44100, channels: int = 2) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return np.repeat((0.3 * np.sin(2 * np.pi * 440 * t))[None], channels, axis=0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny exported model whose recipe names a tiny random CLIP and a tiny random codec."""
+    root = tmp_path_factory.mktemp("generator")
+    clip = save_random_clip(root / "clip", seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2)
+    codec = codec_lib.random_codec(0, codec_lib.encodec_32khz_config(
+        num_filters=4, hidden_size=16, codebook_size=CODEBOOK, target_bandwidths=[1.2]))
+    codec.save_pretrained(root / "codec")
+    features = FeaturesParams()
+    features = dataclasses.replace(
+        features, clip=dataclasses.replace(features.clip, model=str(clip), batch_size=16),
+        flow=dataclasses.replace(features.flow, size=64),
+        codes=dataclasses.replace(features.codes, codec=str(root / "codec"), bandwidth=1.2))
+    config = tiny_config(visual_in_dim=32, motion_size=64, motion_patch=16, codebook_size=CODEBOOK)
+    model = V2MModel(config)
+    model.save_pretrained(root / "v2m", extra_files={RECIPE_FILE: FeatureRecipe(features, SEGMENT_SECONDS).to_json()})
+    return root / "v2m"
+
+
+@pytest.fixture(scope="module")
+def generator(model_dir) -> Generator:
+    return Generator.load(model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    made = {
+        "clip7": media.write_mp4(root / "clip7.mp4", frames(84, 120, 160), 12, audio=tone(7.0)),
+        "long45": media.write_mp4(root / "long45.mp4", frames(270, 48, 64, 1), 6, audio=tone(45.0, 22050, 1), sample_rate=22050),
+        "portrait": media.write_mp4(root / "portrait.mp4", frames(75, 160, 90, 2), 25, audio=tone(3.0)),
+        "silent": media.write_mp4(root / "silent.mp4", frames(60, 64, 96, 3), 12),
+    }
+    # A codec an mp4 cannot carry as is (Motion JPEG in AVI): the mux re-encodes the picture.
+    mjpeg = root / "mjpeg.avi"
+    subprocess.run([media.ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=96x64:rate=10:duration=2.5", "-c:v", "mjpeg", str(mjpeg)], check=True)
+    made["mjpeg"] = mjpeg
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "garbage.mp4").write_bytes(b"not a video at all" * 100)
+    made["empty"], made["garbage"] = root / "empty.mp4", root / "garbage.mp4"
+    made["audio_only"] = root / "audio_only.wav"
+    media.write_wav(made["audio_only"], tone(2.0), 44100)
+    return made
+
+
+def v2m(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_plan_windows_cover_every_step_once_with_overlapping_prompts():
+    plan = plan_windows(total_steps=1000, window_steps=200, prompt_steps=50)
+    assert plan[0] == (0, 0, 200)
+    assert all(prompt == 50 for _, prompt, _ in plan[1:])
+    assert sum(new for _, _, new in plan) == 1000
+    for (start, prompt, new), (next_start, next_prompt, _) in zip(plan, plan[1:]):
+        assert next_start + next_prompt == start + prompt + new   # new codes continue exactly where the last ended
+    assert plan_windows(120, 200, 50) == [(0, 0, 120)]
+    with pytest.raises(ValueError):
+        plan_windows(100, 50, 50)
+
+
+def test_loudness_of_a_full_scale_997_hz_sine_is_minus_3_lufs_and_normalising_hits_the_target():
+    rate = 48000
+    t = np.arange(5 * rate) / rate
+    sine = np.sin(2 * np.pi * 997 * t)
+    assert integrated_loudness(sine, rate) == pytest.approx(-3.01, abs=0.02)   # BS.1770-4's reference signal
+    quiet = 0.01 * sine
+    louder, gain = normalize_loudness(quiet, rate, target_lufs=-23.0, peak_dbfs=-1.0)
+    assert integrated_loudness(louder, rate) == pytest.approx(-23.0, abs=0.01) and gain > 0
+    capped, _ = normalize_loudness(quiet, rate, target_lufs=-1.0, peak_dbfs=-6.0)   # the peak ceiling wins
+    assert 20 * np.log10(np.abs(capped).max()) == pytest.approx(-6.0, abs=0.01)
+    silent, gain = normalize_loudness(np.zeros(rate), rate)
+    assert gain == 0.0 and not silent.any()
+
+
+def test_recipe_is_read_back_and_a_model_folder_without_one_is_a_clear_error(model_dir, tmp_path):
+    recipe = read_recipe(model_dir)
+    assert recipe.segment_seconds == SEGMENT_SECONDS and recipe.features.flow.size == 64
+    with pytest.raises(Exception, match="features.json: no such file"):
+        read_recipe(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["clip7", "portrait", "silent", "mjpeg"])
+def test_generate_writes_a_video_with_music_of_the_inputs_length(name, videos, model_dir, tmp_path):
+    out, wav = tmp_path / f"{name}.out.mp4", tmp_path / f"{name}.wav"
+    result = v2m("generate", videos[name], "-o", out, "--model", model_dir, "--wav", wav, "--seed", "3",
+                 "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr
+    source, made = media.probe(videos[name]), media.probe(out)
+    assert made.audio_rate is not None, "the output has an audio stream"
+    assert made.duration == pytest.approx(source.duration, abs=0.05)
+    assert (made.width, made.height) == (source.width, source.height)
+    music, rate = media.read_wav(wav)
+    assert music.shape[1] == round(source.duration * rate)
+    assert np.abs(music).max() > 0
+
+
+def test_a_45_second_video_is_scored_in_overlapping_windows_that_continue_each_other(videos, generator):
+    params = GenerateParams(seed=1, prompt_seconds=0.5)
+    music = generate_music(generator, videos["long45"], params, progress=False)
+    assert music.codes.shape == (generator.model.config.num_codebooks, 45 * 50)
+    assert music.windows[0] == (0.0, SEGMENT_SECONDS)
+    assert len(music.windows) == 1 + int(np.ceil((45 - SEGMENT_SECONDS) / (SEGMENT_SECONDS - 0.5)))
+    for (_, end), (start, _) in zip(music.windows, music.windows[1:]):
+        assert start == pytest.approx(end - 0.5)      # each window is prompted with the previous one's tail
+    assert music.windows[-1][1] == pytest.approx(45.0)
+    assert music.audio.shape == (1, 45 * generator.sample_rate)
+    again = generate_music(generator, videos["long45"], params, progress=False)
+    assert np.array_equal(music.codes, again.codes), "same seed, same music"
+
+
+def test_keep_audio_mixes_the_music_over_the_original_sound(videos, model_dir, tmp_path):
+    replaced, mixed = tmp_path / "replaced.mp4", tmp_path / "mixed.mp4"
+    for out, extra in ((replaced, []), (mixed, ["--keep-audio"])):
+        result = v2m("generate", videos["clip7"], "-o", out, "--model", model_dir, "--seed", "3", "--quiet", *extra)
+        assert result.returncode == 0, result.stderr
+    original, _ = media.decode_audio(videos["clip7"], 32000, 1)
+    only_music, _ = media.decode_audio(replaced, 32000, 1)
+    both, _ = media.decode_audio(mixed, 32000, 1)
+    n = min(original.shape[1], only_music.shape[1], both.shape[1]) - 3200
+    # The mix is (close to) music + original: its residual against the music alone is the 440 Hz tone.
+    residual = both[0, 1600:n] - only_music[0, 1600:n]
+    assert np.corrcoef(residual, original[0, 1600:n])[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("name, message", [
+    ("empty", "empty file"),
+    ("garbage", "not a readable media file"),
+    ("audio_only", "has no video stream"),
+])
+def test_broken_inputs_exit_with_one_clear_line(name, message, videos, model_dir, tmp_path):
+    result = v2m("generate", videos[name], "-o", tmp_path / "out.mp4", "--model", model_dir, "--quiet")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("v2m: error:") and message in lines[0], result.stderr
+    assert str(videos[name]) in lines[0]
+    assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cfg", "0.5"], "generate.cfg"),
+    (["--temperature", "abc"], "--temperature: invalid float value"),
+    (["--model", "/nonexistent/model"], "/nonexistent/model: no such model folder"),
+    (["--window-seconds", "1.3"], "multiple of 0.5 s"),
+])
+def test_bad_options_exit_with_one_clear_line(args, message, videos, model_dir, tmp_path):
+    base = ["generate", videos["clip7"], "-o", tmp_path / "out.mp4", "--quiet"]
+    if "--model" not in args:
+        base += ["--model", model_dir]
+    result = v2m(*base, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and message in lines[0], result.stderr
