@@ -371,6 +371,7 @@ class CodecCalibrationParams:
     iterations: int = param(8, lo=0, hi=100, doc="Lloyd iterations per codebook")
     min_frames_per_entry: int = param(4, lo=1, hi=1000, doc="fit at most frames/N entries (fewer frames: noise codes)")
     seed: int = param(0, lo=0, doc="seed of the random codec weights and the sampling")
+    max_clips: int = param(0, lo=0, hi=10_000_000, doc="calibrate on at most this many train clips (0 = all)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,8 @@ def main() -> None:
         train = [v for v in ok_ids(folder) if split_of(v, split.val_fraction, split.test_fraction, split.salt) == "train"]
         if not train:
             raise FileNotFoundError(f"{folder}: no train-split clips to calibrate the codec on")
+        if calibration.max_clips:
+            train = train[:calibration.max_clips]
         audios = [media.read_wav(folder / f"{video_id}.wav")[0] for video_id in train]
         stats = save_calibrated_random_codec(OUT, audios, seed=calibration.seed, init_frames=calibration.init_frames,
                                              iterations=calibration.iterations,
