@@ -288,7 +288,8 @@ def test_evaluate_with_a_vggish_checkpoint_gives_a_numeric_fad(clip_folders, vgg
 
 
 def test_evaluate_with_a_passt_checkpoint_gives_both_kl_directions(clip_folders, tmp_path):
-    passt = pytest.importorskip("pipeline.metrics.passt")
+    from pipeline.metrics import passt
+
     checkpoint = passt.save_random_passt(tmp_path / "passt-random.pt", seed=0, embed_dim=64, depth=1, heads=1)
     summary, rows = evaluate_pairs(*clip_folders, passt=checkpoint, progress=False)
     assert summary["kld_segments"] == 3 and summary["kld_reason"] is None
@@ -331,3 +332,28 @@ def test_plots_write_png_files(tmp_path):
     only_chroma = plot_metric_distributions([{"chroma_cosine": None}], tmp_path / "empty.png")
     for path in (comparison, distributions, only_chroma):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_v2m_evaluate_writes_the_summary_and_the_clip_table_and_names_a_missing_checkpoint(clip_folders, tmp_path):
+    import subprocess
+    import sys
+
+    generated, reference = clip_folders
+    out = tmp_path / "eval.json"
+    ok = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "--generated", str(generated),
+                         "--reference", str(reference), "--out", str(out), "--quiet",
+                         "--params", str(tmp_path / "none.yaml")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads(out.read_text())
+    assert {"fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine", "pairs"} <= set(summary)
+    assert summary["pairs"] == 3 and summary["fad"] is None
+    assert pq.read_table(tmp_path / "eval.clips.parquet").num_rows == 3
+    assert "3 pairs" in ok.stdout and "chroma_cosine" in ok.stdout
+
+    missing = tmp_path / "vggish-10086976.pth"
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "--generated", str(generated),
+                          "--reference", str(reference), "--out", str(tmp_path / "x.json"), "--quiet",
+                          "--vggish", str(missing)], capture_output=True, text=True)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and str(missing) in lines[0], bad.stderr
+    assert not (tmp_path / "x.json").exists()
