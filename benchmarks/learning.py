@@ -1,0 +1,341 @@
+"""Learning benchmark: the model learns the video-to-music mapping of v2m-synth, on CPU, in minutes.
+
+v2m-synth's music follows its video (key = background hue, mode = brightness, tempo = object
+speed; ``labels.parquet`` holds key, mode and bpm per clip), so a model that learns must predict
+held-out music better with the clip's own video than with another clip's. Every figure is a
+held-out cross-entropy in nats per audio token (``pipeline.train.experiment``), the train stage's
+code and the embedded default params (``params.yaml``: tiny model, 300 steps of batch 8, 4 s
+segments, lr 1e-3) unless an option says otherwise:
+
+(a) ``video_info_gain`` = ce(shuffled videos) - ce(true video), for ``--seeds`` training seeds
+    (``model.seed`` = ``train.seed`` = 0, 1, ...): each seed's figures, then mean, std, min..max.
+    Target: >= 0.1 nats/token.
+(b) ``oracle_gain``: the same model, loop and budget conditioned on the clips' *labels* instead of
+    the video: a clip table whose every frame is a constant encoding of (key, mode, bpm) (token 0:
+    one-hot of ``2 * key + mode``; token 1: a soft one-hot of bpm over 32 bins; zeros elsewhere),
+    trained with ``model.use_motion=false``; labels are shuffled across clips exactly as videos
+    are. ``video_info_gain / oracle_gain`` says how much of what the labels can tell the video
+    tells. (The labels carry no beat phase; the video's scene cuts, on chord changes, do.)
+(c) ``motion_gain`` on the motion-only variant of v2m-synth (no scene cuts: only the objects'
+    speed depends on the tempo) = ce_true(``use_motion=false``) - ce_true(``use_motion=true``).
+
+Data, built as the stages build it: v2m-synth rendered by ``render_sample_set`` (``--clips``
+clips of ``sample.seconds``, features over the first ``clip.seconds``); CLIP ViT-B/32 tokens from
+a random-weights model (``save_random_clip`` with ``features.clip.init_seed``, as ``clip_init``);
+Farneback flow; EnCodec 32 kHz codes from a random codec whose codebooks are calibrated on the
+set's train-split audio (``save_calibrated_random_codec``, as ``codec_init``). The target audio is
+the CLEAN accompaniment stem the synth writes, resampled to 32 kHz mono: no Demucs here (the
+main job separates the mix with a briefly trained small HTDemucs). Use >= 96 clips: with 24
+clips the held-out set is ~7 clips and the model does not generalise (gain ~0).
+
+Features are cached under ``--work`` (reused when the same settings made them); every training
+run starts afresh. Nothing is written into data/, models/ or metrics/.
+
+Usage: python benchmarks/learning.py [--clips 96] [--steps 300] [--seeds 3] [--other-seeds 1] [--first-seed 0]
+                                     [--work .cache/v2m/learning] [--out learning.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+import transformers
+
+from pipeline import media
+from pipeline.config import as_dict, load_params
+from pipeline.features import codec as codec_lib
+from pipeline.features.extract import ClipInput, codes_table, extract_tables
+from pipeline.features.store import FeatureShard, ShardWriter, tensor_column
+from pipeline.features.visual import load_clip, save_random_clip
+from pipeline.files import atomic_path
+from pipeline.split import assign, split_of
+from pipeline.status import OK, summary
+from pipeline.synth import read_labels, render_sample_set
+from pipeline.train.experiment import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARD = "s0000"
+FORMAT = 1               # bump when the cached feature layout below changes
+TARGET_RATE = 32_000
+BPM_BINS = 32
+MODES = ("major", "minor")
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def build_set(work: Path, name: str, sample, clip, features, split, clip_model_dir: Path) -> dict:
+    """Render one v2m-synth variant and write its clip, flow and codes shards (cached)."""
+    root = work / name
+    stamp = {"format": FORMAT, "sample": as_dict(sample), "clip_seconds": clip.seconds,
+             "features": as_dict(features), "split": as_dict(split)}
+    stamp_file = root / "stamp.json"
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        log(f"[data] {name}: reusing {root}")
+        return {"root": root, "labels": read_labels(root / "synth"), "seconds": {}}
+    shutil.rmtree(root, ignore_errors=True)
+    seconds = {}
+
+    start = time.perf_counter()
+    render_sample_set(root / "synth", sample, progress=False)
+    labels = read_labels(root / "synth")
+    seconds["render"] = time.perf_counter() - start
+
+    # target audio: the clean accompaniment stem, resampled by FFmpeg to mono 32 kHz, first clip.seconds
+    start = time.perf_counter()
+    audio_dir = root / "audio"
+    for row in labels:
+        mono, _ = media.decode_audio(root / "synth" / row["accompaniment_file"], TARGET_RATE, channels=1)
+        media.write_wav(audio_dir / f"{row['video_id']}.wav", mono[:, : round(clip.seconds * TARGET_RATE)], TARGET_RATE)
+    seconds["audio"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    visual = dataclasses.replace(features.clip, model=str(clip_model_dir))
+    model = load_clip(clip_model_dir, device=visual.device, dtype=visual.dtype)
+    clips = [ClipInput(row["video_id"], root / "synth" / row["video_file"], clip.seconds) for row in labels]
+    feature_root = root / "features"
+    rows = extract_tables(clips, visual=visual, model=model, flow=features.flow,
+                          clip_out=feature_root / "clip" / f"{SHARD}.parquet",
+                          flow_out=feature_root / "flow" / f"{SHARD}.parquet",
+                          flow_workers=os.cpu_count() or 1, progress=False, desc=name)
+    _check(rows, f"{name} clip/flow")
+    seconds["clip+flow"] = time.perf_counter() - start
+    del model
+
+    # codec_init: random EnCodec, codebooks fitted on this set's train-split audio
+    start = time.perf_counter()
+    calibration = features.codes.calibration
+    train_ids = [r["video_id"] for r in labels
+                 if split_of(r["video_id"], split.val_fraction, split.test_fraction, split.salt) == "train"]
+    audios = [media.read_wav(audio_dir / f"{v}.wav")[0] for v in train_ids]
+    codec_dir = root / "codec"
+    codec_lib.save_calibrated_random_codec(codec_dir, audios, seed=calibration.seed,
+                                           init_frames=calibration.init_frames, iterations=calibration.iterations,
+                                           min_frames_per_entry=calibration.min_frames_per_entry)
+    seconds["codec_init"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    codes_params = dataclasses.replace(features.codes, codec=str(codec_dir))
+    codec = codec_lib.load_codec(codec_dir, device=codes_params.device)
+    rows = codes_table([r["video_id"] for r in labels], audio_dir, feature_root / "codes" / f"{SHARD}.parquet",
+                       codes_params, codec, progress=False, desc=f"{name} codes")
+    _check(rows, f"{name} codes")
+    seconds["codes"] = time.perf_counter() - start
+
+    with atomic_path(stamp_file) as temp:
+        temp.write_text(json.dumps(stamp, indent=1))
+    log(f"[data] {name}: {len(labels)} clips in {root}; " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    return {"root": root, "labels": labels, "seconds": seconds}
+
+
+def _check(rows: list[dict], what: str) -> None:
+    if any(row["status"] != OK for row in rows):
+        raise SystemExit(f"{what}: {summary(rows)}")
+
+
+def label_tokens(row: dict, bpm_min: float, bpm_max: float, tokens: int, width: int) -> np.ndarray:
+    """The constant ``[tokens, width]`` grid of one clip's labels (see the module docstring)."""
+    grid = np.zeros((tokens, width), np.float32)
+    grid[0, 2 * int(row["key"]) + MODES.index(row["mode"])] = 1.0
+    # a soft one-hot: a plain scalar would not survive the visual encoder's per-token LayerNorm
+    centres = np.linspace(bpm_min, bpm_max, BPM_BINS)
+    sigma = (bpm_max - bpm_min) / (BPM_BINS - 1)
+    grid[1, :BPM_BINS] = np.exp(-0.5 * ((float(row["bpm"]) - centres) / sigma) ** 2)
+    return grid
+
+
+def build_oracle(data: dict, sample, visual_params) -> Path:
+    """A clip-table shard of label encodings (same schema, ids and row counts as the set's CLIP shard),
+    beside a link to the set's codes shard: the feature root of the oracle runs."""
+    root = data["root"] / "oracle"
+    clip_shard = FeatureShard(data["root"] / "features" / "clip" / f"{SHARD}.parquet")
+    tokens_type = clip_shard.file.schema_arrow.field("tokens").type
+    n_tokens, width = tokens_type.shape
+    out = root / "clip" / f"{SHARD}.parquet"
+    with ShardWriter(out, "clip", [pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
+                                   pa.field("tokens", tokens_type)],
+                     {"model": "v2m-synth labels (oracle)", "params": dataclasses.asdict(visual_params),
+                      "hidden_state": "labels",
+                      "units": f"token 0: one-hot of 2*key+mode (mode 0 major, 1 minor); token 1: soft one-hot of "
+                               f"bpm over {BPM_BINS} bins {sample.bpm_min:g}..{sample.bpm_max:g}; zeros elsewhere; "
+                               "the same every frame"}) as writer:
+        for row in data["labels"]:
+            video_id = row["video_id"]
+            n = clip_shard.file.metadata.row_group(clip_shard.index[video_id]).num_rows
+            grid = label_tokens(row, sample.bpm_min, sample.bpm_max, n_tokens, width)
+            writer.write_clip(video_id, {
+                "frame": np.arange(n, dtype=np.int32), "time": np.arange(n, dtype=np.float32) / visual_params.fps,
+                "tokens": tensor_column(np.broadcast_to(grid, (n, n_tokens, width)).astype(np.float16))})
+    codes = root / "codes" / f"{SHARD}.parquet"
+    codes.parent.mkdir(parents=True, exist_ok=True)
+    if codes.is_symlink() or codes.exists():
+        codes.unlink()
+    codes.symlink_to(data["root"] / "features" / "codes" / f"{SHARD}.parquet")
+    return root
+
+
+# -- training --------------------------------------------------------------------------------------
+
+
+def train_run(work: Path, run: str, feature_root: Path, params: dict, *, seed: int, use_motion: bool,
+              steps: int) -> dict:
+    """One fresh training run (the train stage's code) and its held-out figures."""
+    model = dataclasses.replace(params["model"], seed=seed, use_motion=use_motion)
+    train = dataclasses.replace(params["train"], seed=seed, max_steps=steps,
+                                warmup_steps=min(params["train"].warmup_steps, max(steps // 10, 1)))
+    dirs = {"work_root": work / "train" / run, "live_dir": work / "live" / run, "export_dir": work / "models" / run}
+    for folder in dirs.values():
+        shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    result = run_training(model_params=model, train_params=train, features=params["features"], split=params["split"],
+                          shards=[SHARD], feature_root=feature_root, metrics_file=None, progress=False, **dirs)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    result["seed"] = seed
+    return result
+
+
+def spread(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "min": round(min(values), 4), "max": round(max(values), 4), "n": len(values)}
+
+
+def spread_text(s: dict) -> str:
+    return f"mean {s['mean']:.3f}, std {s['std']:.3f}, min..max {s['min']:.3f}..{s['max']:.3f} (n={s['n']})"
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=96, help="clips per set (>= 96: 24 gave no held-out gain)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: train.max_steps)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds of the video_info_gain figure")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (to add seeds to a run)")
+    parser.add_argument("--other-seeds", type=int, default=1,
+                        help="training seeds of the oracle and motion figures (each run is ~2.5 min on 2 cores)")
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache/v2m/learning",
+                        help="renders, features and runs (features are reused); not inside data/ or models/")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    for guarded in (ROOT / "data", ROOT / "models", ROOT / "metrics"):
+        if work == guarded or guarded in work.parents:
+            parser.error(f"--work must not be inside {guarded} (a DVC output)")
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+    warnings.filterwarnings("ignore")
+    transformers.utils.logging.disable_progress_bar()
+    began = time.perf_counter()
+
+    params = load_params(args.params, sections=("sample", "clip", "features", "split", "model", "train"))
+    steps = args.steps or params["train"].max_steps
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    other_seeds = list(range(args.first_seed, args.first_seed + args.other_seeds))
+    sample = dataclasses.replace(params["sample"], n_clips=args.clips)
+    clip, features, split = params["clip"], params["features"], params["split"]
+    m, t = params["model"], params["train"]
+    log(f"config: v2m-synth {args.clips} clips of {sample.seconds:g} s ({sample.width}x{sample.height} at "
+        f"{sample.fps} fps, seed {sample.seed}), features over the first {clip.seconds:g} s; CLIP ViT-B/32 RANDOM "
+        f"weights at {features.clip.fps} fps; Farneback flow at {features.flow.fps} fps, {features.flow.size}px; "
+        f"EnCodec 32 kHz random, codebooks calibrated on the train split; targets: the CLEAN accompaniment stems "
+        f"at 32 kHz mono (no Demucs)")
+    log(f"config: model {m.size}, tokens_per_frame {m.tokens_per_frame}, condition_dropout {m.condition_dropout}; "
+        f"train {steps} steps, batch {t.batch_size}, segment {t.segment_seconds:g} s, lr {t.lr:g}, "
+        f"warmup {min(t.warmup_steps, max(steps // 10, 1))}, ema {t.ema_decay}; split val {split.val_fraction} / "
+        f"test {split.test_fraction} (held out: val + test); seeds {seeds}, oracle/motion seeds {other_seeds} "
+        f"(model.seed = train.seed); "
+        f"{torch.get_num_threads()} torch threads; work {work}")
+
+    clip_dir = work / "models" / f"clip-random-{features.clip.init_seed}"
+    if not (clip_dir / "config.json").is_file():
+        save_random_clip(clip_dir, seed=features.clip.init_seed)
+    sets = {name: build_set(work, name, dataclasses.replace(sample, motion_only=mo), clip, features, split, clip_dir)
+            for name, mo in (("synth", False), ("synth-motion-only", True))}
+    for name, data in sets.items():
+        groups = assign([r["video_id"] for r in data["labels"]], split.val_fraction, split.test_fraction, split.salt)
+        log(f"[data] {name}: {len(groups['train'])} train / {len(groups['val'])} val / {len(groups['test'])} test clips")
+    oracle_root = build_oracle(sets["synth"], sample, features.clip)
+
+    plan = ([("video", "synth", sets["synth"]["root"] / "features", True, s) for s in seeds]
+            + [("oracle", "synth", oracle_root, False, s) for s in other_seeds]
+            + [(f"motion-{'on' if on else 'off'}", "synth-motion-only", sets["synth-motion-only"]["root"] / "features",
+                on, s) for s in other_seeds for on in (False, True)])
+    runs = []
+    for kind, set_name, root, use_motion, seed in plan:
+        name = f"{kind}-seed{seed}"
+        result = train_run(work, name, root, params, seed=seed, use_motion=use_motion, steps=steps)
+        result.update(run=name, kind=kind, set=set_name)
+        runs.append(result)
+        log(f"[run] {name:<18} ce_true {result['ce_true']:.4f}  ce_shuffled {result['ce_shuffled']:.4f}  "
+            f"gain {result['video_info_gain']:+.4f}  ({result['held_out_clips']} held-out clips, "
+            f"{result['seconds']:.0f} s)")
+
+    by = {kind: {r["seed"]: r for r in runs if r["kind"] == kind}
+          for kind in ("video", "oracle", "motion-off", "motion-on")}
+    video = [by["video"][s]["video_info_gain"] for s in seeds]
+    oracle = [by["oracle"][s]["video_info_gain"] for s in other_seeds]
+    motion = [by["motion-off"][s]["ce_true"] - by["motion-on"][s]["ce_true"] for s in other_seeds]
+    figures = {
+        "video_info_gain": {"per_seed": dict(zip(map(str, seeds), video)), **spread(video)},
+        "oracle_gain": {"per_seed": dict(zip(map(str, other_seeds), oracle)), **spread(oracle)},
+        "video_over_oracle": round(statistics.fmean(video) / statistics.fmean(oracle), 4)
+        if statistics.fmean(oracle) else None,
+        "motion_gain": {"per_seed": dict(zip(map(str, other_seeds), [round(x, 6) for x in motion])), **spread(motion)},
+    }
+    passed = {"video_info_gain >= 0.1 (every seed)": min(video) >= 0.1,
+              "motion_gain > 0 (every seed)": all(x > 0 for x in motion)}
+
+    print()
+    print(f"{'run':<18} {'set':<18} {'condition':<9} {'motion':<6} {'ce_true':>8} {'ce_shuf':>8} {'gain':>8} "
+          f"{'held-out':>8} {'time':>6}")
+    for r in runs:
+        condition = "labels" if r["kind"] == "oracle" else "video"
+        print(f"{r['run']:<18} {r['set']:<18} {condition:<9} {'yes' if r['use_motion'] else 'no':<6} "
+              f"{r['ce_true']:8.4f} {r['ce_shuffled']:8.4f} {r['video_info_gain']:+8.4f} "
+              f"{r['held_out_segments']:8d} {r['seconds']:5.0f}s")
+    print()
+    print("held-out cross-entropy in nats/token; gain = ce_shuffled - ce_true (videos or labels of other clips)")
+    print(f"(a) video_info_gain   {spread_text(figures['video_info_gain'])}   target >= 0.1: "
+          f"{'PASS' if passed['video_info_gain >= 0.1 (every seed)'] else 'FAIL'} (every seed)")
+    print(f"(b) oracle_gain       {spread_text(figures['oracle_gain'])}   (labels key, mode, bpm; same model/budget)")
+    print(f"    video_info_gain / oracle_gain = {figures['video_over_oracle']}")
+    print(f"(c) motion_gain       {spread_text(figures['motion_gain'])}   = ce_true(w/o motion) - ce_true(with "
+          f"motion), motion-only set: {'POSITIVE' if passed['motion_gain > 0 (every seed)'] else 'NOT positive'} "
+          f"for every seed")
+    total = time.perf_counter() - began
+    print(f"total {total / 60:.1f} min ({sum(r['seconds'] for r in runs) / 60:.1f} min training, {len(runs)} runs "
+          f"of {steps} steps)")
+
+    if args.out is not None:
+        report = {"config": {"clips": args.clips, "sample": as_dict(sample), "clip_seconds": clip.seconds,
+                             "features": as_dict(features), "split": as_dict(split), "model": as_dict(m),
+                             "train": as_dict(t), "steps": steps, "seeds": seeds,
+                             "targets": "clean accompaniment stems, 32 kHz mono (no Demucs)"},
+                  "figures": figures, "passed": passed,
+                  "data_seconds": {name: d["seconds"] for name, d in sets.items()},
+                  "runs": runs, "total_seconds": round(total, 1)}
+        with atomic_path(args.out) as temp:
+            temp.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
