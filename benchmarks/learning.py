@@ -29,7 +29,9 @@ main job separates the mix with a briefly trained small HTDemucs). Use >= 96 cli
 clips the held-out set is ~7 clips and the model does not generalise (gain ~0).
 
 Features are cached under ``--work`` (reused when the same settings made them); every training
-run starts afresh. Nothing is written into data/, models/ or metrics/.
+run starts afresh, unless ``--resume``: then finished runs' saved results are reused and a killed
+run resumes from its last checkpoint. Each run's exported EMA weights stay in ``WORK/models/<run>``.
+Nothing is written into data/, models/ or metrics/.
 
 Usage: python benchmarks/learning.py [--clips 96] [--steps 300] [--seeds 3] [--other-seeds 1] [--first-seed 0]
                                      [--work .cache/v2m/learning] [--out learning.json]
@@ -88,7 +90,7 @@ def build_set(work: Path, name: str, sample, clip, features, split, clip_model_d
     stamp_file = root / "stamp.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         log(f"[data] {name}: reusing {root}")
-        return {"root": root, "labels": read_labels(root / "synth"), "seconds": {}}
+        return {"root": root, "labels": read_labels(root / "synth"), "seconds": {}, "stamp": stamp}
     shutil.rmtree(root, ignore_errors=True)
     seconds = {}
 
@@ -141,7 +143,7 @@ def build_set(work: Path, name: str, sample, clip, features, split, clip_model_d
     with atomic_path(stamp_file) as temp:
         temp.write_text(json.dumps(stamp, indent=1))
     log(f"[data] {name}: {len(labels)} clips in {root}; " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
-    return {"root": root, "labels": labels, "seconds": seconds}
+    return {"root": root, "labels": labels, "seconds": seconds, "stamp": stamp}
 
 
 def _check(rows: list[dict], what: str) -> None:
@@ -194,19 +196,34 @@ def build_oracle(data: dict, sample, visual_params) -> Path:
 
 
 def train_run(work: Path, run: str, feature_root: Path, params: dict, *, seed: int, use_motion: bool,
-              steps: int) -> dict:
-    """One fresh training run (the train stage's code) and its held-out figures."""
+              steps: int, data_stamp: dict, resume: bool) -> dict:
+    """One training run (the train stage's code) and its held-out figures.
+
+    Fresh unless ``resume``: then a finished run's saved result (same settings and data) is reused
+    and an unfinished one resumes from its last checkpoint (``train.checkpoint_every`` steps)."""
     model = dataclasses.replace(params["model"], seed=seed, use_motion=use_motion)
     train = dataclasses.replace(params["train"], seed=seed, max_steps=steps,
                                 warmup_steps=min(params["train"].warmup_steps, max(steps // 10, 1)))
     dirs = {"work_root": work / "train" / run, "live_dir": work / "live" / run, "export_dir": work / "models" / run}
-    for folder in dirs.values():
-        shutil.rmtree(folder, ignore_errors=True)
+    key = {"model": as_dict(model), "train": as_dict(train), "features": as_dict(params["features"]),
+           "split": as_dict(params["split"]), "data": data_stamp, "feature_root": str(feature_root)}
+    key = json.loads(json.dumps(key))   # as it reads back from the file
+    saved = work / "results" / f"{run}.json"
+    if resume and saved.is_file():
+        old = json.loads(saved.read_text())
+        if old["key"] == key:
+            return {**old["result"], "reused": True}
+    if not resume:
+        for folder in dirs.values():
+            shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     result = run_training(model_params=model, train_params=train, features=params["features"], split=params["split"],
                           shards=[SHARD], feature_root=feature_root, metrics_file=None, progress=False, **dirs)
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["seed"] = seed
+    with atomic_path(saved) as temp:
+        temp.write_text(json.dumps({"key": key, "result": result}, indent=1))
+    shutil.rmtree(dirs["work_root"], ignore_errors=True)   # checkpoints (~120 MB a run): only a killed run needs them
     return result
 
 
@@ -234,6 +251,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / ".cache/v2m/learning",
                         help="renders, features and runs (features are reused); not inside data/ or models/")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse finished runs' saved results and resume killed runs from their checkpoints")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     args = parser.parse_args()
     work = args.work.resolve()
@@ -281,12 +300,13 @@ def main() -> None:
     runs = []
     for kind, set_name, root, use_motion, seed in plan:
         name = f"{kind}-seed{seed}"
-        result = train_run(work, name, root, params, seed=seed, use_motion=use_motion, steps=steps)
+        result = train_run(work, name, root, params, seed=seed, use_motion=use_motion, steps=steps,
+                           data_stamp=sets[set_name]["stamp"], resume=args.resume)
         result.update(run=name, kind=kind, set=set_name)
         runs.append(result)
         log(f"[run] {name:<18} ce_true {result['ce_true']:.4f}  ce_shuffled {result['ce_shuffled']:.4f}  "
             f"gain {result['video_info_gain']:+.4f}  ({result['held_out_clips']} held-out clips, "
-            f"{result['seconds']:.0f} s)")
+            f"{result['seconds']:.0f} s{', saved result reused' if result.get('reused') else ''})")
 
     by = {kind: {r["seed"]: r for r in runs if r["kind"] == kind}
           for kind in ("video", "oracle", "motion-off", "motion-on")}
@@ -310,7 +330,7 @@ def main() -> None:
         condition = "labels" if r["kind"] == "oracle" else "video"
         print(f"{r['run']:<18} {r['set']:<18} {condition:<9} {'yes' if r['use_motion'] else 'no':<6} "
               f"{r['ce_true']:8.4f} {r['ce_shuffled']:8.4f} {r['video_info_gain']:+8.4f} "
-              f"{r['held_out_segments']:8d} {r['seconds']:5.0f}s")
+              f"{r['held_out_segments']:8d} {r['seconds']:5.0f}s{' (reused)' if r.get('reused') else ''}")
     print()
     print("held-out cross-entropy in nats/token; gain = ce_shuffled - ce_true (videos or labels of other clips)")
     print(f"(a) video_info_gain   {spread_text(figures['video_info_gain'])}   target >= 0.1: "
@@ -321,8 +341,9 @@ def main() -> None:
           f"motion), motion-only set: {'POSITIVE' if passed['motion_gain > 0 (every seed)'] else 'NOT positive'} "
           f"for every seed")
     total = time.perf_counter() - began
-    print(f"total {total / 60:.1f} min ({sum(r['seconds'] for r in runs) / 60:.1f} min training, {len(runs)} runs "
-          f"of {steps} steps)")
+    reused = sum(bool(r.get("reused")) for r in runs)
+    print(f"total {total / 60:.1f} min; {len(runs)} runs of {steps} steps, {sum(r['seconds'] for r in runs) / 60:.1f} "
+          f"min of training in all" + (f" ({reused} saved results reused)" if reused else ""))
 
     if args.out is not None:
         report = {"config": {"clips": args.clips, "sample": as_dict(sample), "clip_seconds": clip.seconds,
