@@ -69,8 +69,7 @@ class Generator:
         Raises:
             UserError: a missing folder or file, named.
         """
-        check_model_folder(model_dir)
-        recipe = read_recipe(model_dir)
+        recipe = check_model_folder(model_dir)
         device = resolve_device(device)
         try:
             model = V2MModel.from_pretrained(model_dir, device=device)
@@ -154,8 +153,12 @@ def window_steps_of(params: GenerateParams, config: V2MConfig, recipe: FeatureRe
     return window_steps, prompt_steps
 
 
-def check_model_folder(model_dir: Path | str, params: GenerateParams | None = None) -> None:
-    """Fail fast, before loading any weights: the folder, its recipe, its config and (given params) the windowing."""
+def check_model_folder(model_dir: Path | str, params: GenerateParams | None = None) -> FeatureRecipe:
+    """Fail fast, before loading any weights: the folder, its recipe, its config and (given params) the windowing.
+
+    Returns:
+        The folder's feature recipe.
+    """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserError(f"{model_dir}: no such model folder; the train stage (`dvc repro train`) exports "
@@ -167,6 +170,7 @@ def check_model_folder(model_dir: Path | str, params: GenerateParams | None = No
         raise UserError(f"{model_dir / CONFIG_FILE}: not a V2M model config ({exc})") from None
     if params is not None:
         window_steps_of(params, config, recipe)
+    return recipe
 
 
 def _grid_steps(seconds: float, name: str, codes_rate: float, grid: float) -> int:
@@ -221,13 +225,10 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
     try:
         for start, prompt, new in plan:
             end = start + prompt + new
-            v0, v1 = round(start * per_step_visual), max(round(start * per_step_visual) + 1, math.ceil(end * per_step_visual))
-            window_visual = visual[v0:v1][None].to(generator.device)
+            window_visual = visual[_frames_of(start, end, per_step_visual)][None].to(generator.device)
             window_motion = None
             if motion is not None:
-                m0, m1 = round(start * per_step_motion), max(round(start * per_step_motion) + 1,
-                                                             math.ceil(end * per_step_motion))
-                window_motion = motion[m0:m1][None].to(generator.device)
+                window_motion = motion[_frames_of(start, end, per_step_motion)][None].to(generator.device)
             with torch.no_grad():
                 z = model.condition(window_visual, window_motion)
             prompt_codes = codes[:, codes.shape[1] - prompt:][None] if prompt else None
@@ -246,6 +247,13 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
     audio, gain_db = normalize_loudness(audio, generator.sample_rate, params.loudness_lufs, params.peak_dbfs)
     return Music(audio=audio, sample_rate=generator.sample_rate, codes=codes.numpy(), seconds=seconds,
                  windows=windows, gain_db=gain_db)
+
+
+def _frames_of(start: int, end: int, frames_per_step: float) -> slice:
+    """The frames of code steps ``start .. end`` (at least one): from the frame at ``start`` to the
+    first frame at or after ``end``."""
+    first = round(start * frames_per_step)
+    return slice(first, max(first + 1, math.ceil(end * frames_per_step)))
 
 
 def _fill(frames: torch.Tensor, count: int) -> torch.Tensor:

@@ -61,6 +61,7 @@ class MediaInfo:
     height: int | None
     audio_rate: int | None
     audio_channels: int | None
+    video_codec: str | None = None
 
 
 def _open(path: Path | str):
@@ -89,6 +90,7 @@ def probe(path: Path | str) -> MediaInfo:
             height=video.codec_context.height if video is not None else None,
             audio_rate=audio.codec_context.sample_rate if audio is not None else None,
             audio_channels=audio.codec_context.channels if audio is not None else None,
+            video_codec=video.codec_context.name if video is not None else None,
         )
 
 
@@ -312,12 +314,6 @@ def cut_clip(source: Path | str, target: Path | str, seconds: float, fps: int, m
 MP4_VIDEO_CODECS = frozenset({"h264", "hevc", "av1", "vp9", "mpeg4"})
 
 
-def video_codec(path: Path | str) -> str | None:
-    """Name of the first video stream's codec (``h264``, ``vp9``, ...), None without video."""
-    with _open(path) as container:
-        return container.streams.video[0].codec_context.name if container.streams.video else None
-
-
 def mux_music(video: Path | str, music: np.ndarray, sample_rate: int, target: Path | str, *,
               duration: float, keep_audio: bool = False, music_gain_db: float = 0.0,
               audio_bitrate: str = "192k") -> Path:
@@ -336,7 +332,7 @@ def mux_music(video: Path | str, music: np.ndarray, sample_rate: int, target: Pa
     video = Path(video)
     info = probe(video)
     mix = keep_audio and info.audio_rate is not None
-    copy_video = video_codec(video) in MP4_VIDEO_CODECS
+    copy_video = info.video_codec in MP4_VIDEO_CODECS
     with atomic_path(target) as temp, tempfile.TemporaryDirectory() as scratch:
         wav = Path(scratch) / "music.wav"
         soundfile.write(str(wav), np.asarray(music, dtype=np.float32).T, sample_rate, subtype="FLOAT")

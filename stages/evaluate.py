@@ -7,7 +7,7 @@ from pathlib import Path
 from pipeline.cli import user_errors
 from pipeline.config import load_params
 from pipeline.media import read_wav
-from pipeline.metrics.evaluate import evaluate_dirs, write_results
+from pipeline.metrics.evaluate import evaluate_dirs, wav_files_of, write_results
 from pipeline.metrics.plots import plot_clip_comparison, plot_metric_distributions
 
 SECTIONS = ("data", "evaluate")
@@ -27,12 +27,11 @@ def main() -> None:
         for old in plots.glob("*.png") if plots.is_dir() else ():
             old.unlink()
         plot_metric_distributions(rows, plots / "distributions.png")
+        reference_files = wav_files_of(references)
         for row in rows[:evaluate.plot_clips]:
             video_id = row["video_id"]
             generated, rate = read_wav(GENERATED / f"{video_id}.wav")
-            reference_file = next(folder / f"{video_id}.wav" for folder in references
-                                  if (folder / f"{video_id}.wav").is_file())
-            reference, reference_rate = read_wav(reference_file)
+            reference, reference_rate = read_wav(reference_files[video_id])
             plot_clip_comparison(generated, reference, rate, plots / f"clip-{video_id}.png",
                                  title=f"{video_id}: generated vs reference", reference_sample_rate=reference_rate)
         shown = ", ".join(f"{k} {summary[k]:.4f}" if summary[k] is not None else f"{k} null"

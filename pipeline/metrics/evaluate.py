@@ -71,6 +71,15 @@ def wav_files(folder: Path | str) -> dict[str, Path]:
             if path.is_file() and path.suffix.lower() == ".wav" and not path.name.startswith(".")}
 
 
+def wav_files_of(folders: Path | str | Sequence[Path | str]) -> dict[str, Path]:
+    """:func:`wav_files` of one folder or several (one per shard); a stem in several is taken from the first."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    found: dict[str, Path] = {}
+    for folder in reversed(folders):
+        found.update(wav_files(folder))
+    return found
+
+
 def checkpoint_identity(path: Path | str, prefix_chars: int = 16) -> dict[str, str]:
     """``{"path": ..., "sha256": first prefix_chars hex digits}`` of a checkpoint file."""
     digest = hashlib.sha256()
@@ -124,12 +133,9 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
     """
     if fad_front_end not in FRONT_END_PRESETS:
         raise UserError(f"fad_front_end {fad_front_end!r}: unknown; choose one of {sorted(FRONT_END_PRESETS)}")
-    reference_dirs = [reference_dir] if isinstance(reference_dir, (str, Path)) else list(reference_dir)
-    generated_files = wav_files(generated_dir)
-    reference_files: dict[str, Path] = {}
-    for folder in reversed(reference_dirs):
-        reference_files.update(wav_files(folder))
-    reference_dir = ", ".join(map(str, reference_dirs))
+    generated_files, reference_files = wav_files(generated_dir), wav_files_of(reference_dir)
+    if not isinstance(reference_dir, (str, Path)):
+        reference_dir = ", ".join(map(str, reference_dir))
     stems = sorted(set(generated_files) & set(reference_files))
     if not stems:
         raise EvaluationError(f"no clip to evaluate: none of the {len(generated_files)} .wav files in "
