@@ -19,6 +19,8 @@ segments, lr 1e-3) unless an option says otherwise:
 (c) ``motion_gain`` on the motion-only variant of v2m-synth (no scene cuts: only the objects'
     speed depends on the tempo) = ce_true(``use_motion=false``) - ce_true(``use_motion=true``).
 
+``--figures`` picks which of (a), (b), (c) to run (default all three).
+
 Data, built as the stages build it: v2m-synth rendered by ``render_sample_set`` (``--clips``
 clips of ``sample.seconds``, features over the first ``clip.seconds``); CLIP ViT-B/32 tokens from
 a random-weights model (``save_random_clip`` with ``features.clip.init_seed``, as ``clip_init``);
@@ -34,7 +36,8 @@ run resumes from its last checkpoint. Each run's exported EMA weights stay in ``
 Nothing is written into data/, models/ or metrics/.
 
 Usage: python benchmarks/learning.py [--clips 96] [--steps 300] [--seeds 3] [--other-seeds 1] [--first-seed 0]
-                                     [--work .cache/v2m/learning] [--out learning.json]
+                                     [--figures video,oracle,motion] [--work .cache/v2m/learning]
+                                     [--out learning.json] [--resume]
 """
 
 from __future__ import annotations
@@ -69,9 +72,10 @@ from pipeline.train.experiment import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = "s0000"
-FORMAT = 1               # bump when the cached feature layout below changes
+FORMAT = 1               # bump when the cached feature layout below or what v2m-synth renders changes
 TARGET_RATE = 32_000
 BPM_BINS = 32
+FIGURES = ("video", "oracle", "motion")
 MODES = ("major", "minor")
 
 
@@ -248,6 +252,8 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (to add seeds to a run)")
     parser.add_argument("--other-seeds", type=int, default=1,
                         help="training seeds of the oracle and motion figures (each run is ~2.5 min on 2 cores)")
+    parser.add_argument("--figures", default=",".join(FIGURES),
+                        help="which figures to run, comma separated: video (a), oracle (b), motion (c)")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache/v2m/learning",
                         help="renders, features and runs (features are reused); not inside data/ or models/")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
@@ -255,6 +261,10 @@ def main() -> None:
                         help="reuse finished runs' saved results and resume killed runs from their checkpoints")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     args = parser.parse_args()
+    wanted = [f.strip() for f in args.figures.split(",") if f.strip()]
+    unknown = sorted(set(wanted) - set(FIGURES))
+    if unknown or not wanted:
+        parser.error(f"--figures: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FIGURES)}")
     work = args.work.resolve()
     for guarded in (ROOT / "data", ROOT / "models", ROOT / "metrics"):
         if work == guarded or guarded in work.parents:
@@ -286,17 +296,24 @@ def main() -> None:
     clip_dir = work / "models" / f"clip-random-{features.clip.init_seed}"
     if not (clip_dir / "config.json").is_file():
         save_random_clip(clip_dir, seed=features.clip.init_seed)
-    sets = {name: build_set(work, name, dataclasses.replace(sample, motion_only=mo), clip, features, split, clip_dir)
-            for name, mo in (("synth", False), ("synth-motion-only", True))}
+    set_names = {"synth": False, "synth-motion-only": True}
+    needed = ((["synth"] if {"video", "oracle"} & set(wanted) else [])
+              + (["synth-motion-only"] if "motion" in wanted else []))
+    sets = {name: build_set(work, name, dataclasses.replace(sample, motion_only=set_names[name]), clip, features, split,
+                            clip_dir) for name in needed}
     for name, data in sets.items():
         groups = assign([r["video_id"] for r in data["labels"]], split.val_fraction, split.test_fraction, split.salt)
         log(f"[data] {name}: {len(groups['train'])} train / {len(groups['val'])} val / {len(groups['test'])} test clips")
-    oracle_root = build_oracle(sets["synth"], sample, features.clip)
 
-    plan = ([("video", "synth", sets["synth"]["root"] / "features", True, s) for s in seeds]
-            + [("oracle", "synth", oracle_root, False, s) for s in other_seeds]
-            + [(f"motion-{'on' if on else 'off'}", "synth-motion-only", sets["synth-motion-only"]["root"] / "features",
-                on, s) for s in other_seeds for on in (False, True)])
+    plan = []
+    if "video" in wanted:
+        plan += [("video", "synth", sets["synth"]["root"] / "features", True, s) for s in seeds]
+    if "oracle" in wanted:
+        oracle_root = build_oracle(sets["synth"], sample, features.clip)
+        plan += [("oracle", "synth", oracle_root, False, s) for s in other_seeds]
+    if "motion" in wanted:
+        plan += [(f"motion-{'on' if on else 'off'}", "synth-motion-only", sets["synth-motion-only"]["root"] / "features",
+                  on, s) for s in other_seeds for on in (False, True)]
     runs = []
     for kind, set_name, root, use_motion, seed in plan:
         name = f"{kind}-seed{seed}"
@@ -310,18 +327,20 @@ def main() -> None:
 
     by = {kind: {r["seed"]: r for r in runs if r["kind"] == kind}
           for kind in ("video", "oracle", "motion-off", "motion-on")}
-    video = [by["video"][s]["video_info_gain"] for s in seeds]
-    oracle = [by["oracle"][s]["video_info_gain"] for s in other_seeds]
-    motion = [by["motion-off"][s]["ce_true"] - by["motion-on"][s]["ce_true"] for s in other_seeds]
-    figures = {
-        "video_info_gain": {"per_seed": dict(zip(map(str, seeds), video)), **spread(video)},
-        "oracle_gain": {"per_seed": dict(zip(map(str, other_seeds), oracle)), **spread(oracle)},
-        "video_over_oracle": round(statistics.fmean(video) / statistics.fmean(oracle), 4)
-        if statistics.fmean(oracle) else None,
-        "motion_gain": {"per_seed": dict(zip(map(str, other_seeds), [round(x, 6) for x in motion])), **spread(motion)},
-    }
-    passed = {"video_info_gain >= 0.1 (every seed)": min(video) >= 0.1,
-              "motion_gain > 0 (every seed)": all(x > 0 for x in motion)}
+    figures, passed = {}, {}
+    if "video" in wanted:
+        video = [by["video"][s]["video_info_gain"] for s in seeds]
+        figures["video_info_gain"] = {"per_seed": dict(zip(map(str, seeds), video)), **spread(video)}
+        passed["video_info_gain >= 0.1 (every seed)"] = min(video) >= 0.1
+    if "oracle" in wanted:
+        oracle = [by["oracle"][s]["video_info_gain"] for s in other_seeds]
+        figures["oracle_gain"] = {"per_seed": dict(zip(map(str, other_seeds), oracle)), **spread(oracle)}
+        if "video" in wanted and statistics.fmean(oracle):
+            figures["video_over_oracle"] = round(statistics.fmean(video) / statistics.fmean(oracle), 4)
+    if "motion" in wanted:
+        motion = [round(by["motion-off"][s]["ce_true"] - by["motion-on"][s]["ce_true"], 6) for s in other_seeds]
+        figures["motion_gain"] = {"per_seed": dict(zip(map(str, other_seeds), motion)), **spread(motion)}
+        passed["motion_gain > 0 (every seed)"] = all(x > 0 for x in motion)
 
     print()
     print(f"{'run':<18} {'set':<18} {'condition':<9} {'motion':<6} {'ce_true':>8} {'ce_shuf':>8} {'gain':>8} "
@@ -333,13 +352,18 @@ def main() -> None:
               f"{r['held_out_segments']:8d} {r['seconds']:5.0f}s{' (reused)' if r.get('reused') else ''}")
     print()
     print("held-out cross-entropy in nats/token; gain = ce_shuffled - ce_true (videos or labels of other clips)")
-    print(f"(a) video_info_gain   {spread_text(figures['video_info_gain'])}   target >= 0.1: "
-          f"{'PASS' if passed['video_info_gain >= 0.1 (every seed)'] else 'FAIL'} (every seed)")
-    print(f"(b) oracle_gain       {spread_text(figures['oracle_gain'])}   (labels key, mode, bpm; same model/budget)")
-    print(f"    video_info_gain / oracle_gain = {figures['video_over_oracle']}")
-    print(f"(c) motion_gain       {spread_text(figures['motion_gain'])}   = ce_true(w/o motion) - ce_true(with "
-          f"motion), motion-only set: {'POSITIVE' if passed['motion_gain > 0 (every seed)'] else 'NOT positive'} "
-          f"for every seed")
+    if "video_info_gain" in figures:
+        print(f"(a) video_info_gain   {spread_text(figures['video_info_gain'])}   target >= 0.1: "
+              f"{'PASS' if passed['video_info_gain >= 0.1 (every seed)'] else 'FAIL'} (every seed)")
+    if "oracle_gain" in figures:
+        print(f"(b) oracle_gain       {spread_text(figures['oracle_gain'])}   (labels key, mode, bpm; "
+              f"same model/budget)")
+    if "video_over_oracle" in figures:
+        print(f"    video_info_gain / oracle_gain = {figures['video_over_oracle']}")
+    if "motion_gain" in figures:
+        print(f"(c) motion_gain       {spread_text(figures['motion_gain'])}   = ce_true(w/o motion) - ce_true(with "
+              f"motion), motion-only set: {'POSITIVE' if passed['motion_gain > 0 (every seed)'] else 'NOT positive'} "
+              f"for every seed")
     total = time.perf_counter() - began
     reused = sum(bool(r.get("reused")) for r in runs)
     print(f"total {total / 60:.1f} min; {len(runs)} runs of {steps} steps, {sum(r['seconds'] for r in runs) / 60:.1f} "

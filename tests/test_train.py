@@ -160,6 +160,21 @@ def test_without_motion_the_flow_table_is_never_opened(shards, tmp_path):
     assert math.isfinite(held_out_ce(model, data, 4))
 
 
+def test_the_feature_rates_reach_the_datasets_and_the_model(shards):
+    """A cache made at other rates is read at those rates and coded with matching temporal codes."""
+    from pipeline.config import ModelParams, SplitParams
+    from pipeline.model.builder import model_config
+    from pipeline.train.experiment import segment_sets
+
+    paths = {t: [shards["paths"][t]] for t in ("clip", "flow", "codes")}
+    sets = segment_sets(paths, SplitParams(val_fraction=0.3, test_fraction=0.0), 2.0, 0, True,
+                        visual_fps=1, flow_fps=2)
+    item = sets["held_out"][0]
+    assert item["visual"].shape[0] == 2 and item["motion"].shape[0] == 4 and item["codes"].shape[1] == 100
+    config = model_config(ModelParams(size="tiny"), SIZE, visual_fps=1, motion_fps=2)
+    assert (config.visual_fps, config.motion_fps) == (1.0, 2.0)
+
+
 def test_derangement_moves_every_segment_to_another_video():
     rng = np.random.default_rng(0)
     for trial in range(50):

@@ -53,22 +53,26 @@ def tiny_config(**overrides: Any) -> V2MConfig:
     return preset_config("tiny", **overrides)
 
 
-def model_config(params: ModelParams, motion_size: int = 224) -> V2MConfig:
-    """``ModelParams`` (+ the motion maps' side, ``features.flow.size``) -> :class:`V2MConfig`."""
+def model_config(params: ModelParams, motion_size: int = 224, visual_fps: float = 2.0,
+                 motion_fps: float = 4.0) -> V2MConfig:
+    """``ModelParams`` (+ the feature cache's ``features.flow.size``, ``features.clip.fps`` and
+    ``features.flow.fps``, which the encoders' temporal codes must match) -> :class:`V2MConfig`."""
     try:
         return preset_config(params.size, use_motion=params.use_motion, tokens_per_frame=params.tokens_per_frame,
-                             condition_dropout=params.condition_dropout, motion_size=motion_size)
+                             condition_dropout=params.condition_dropout, motion_size=motion_size,
+                             visual_fps=float(visual_fps), motion_fps=float(motion_fps))
     except ValueError as exc:
         raise UserError(f"model: {exc}") from None
 
 
-def build_model(params: ModelParams, motion_size: int = 224) -> V2MModel:
+def build_model(params: ModelParams, motion_size: int = 224, visual_fps: float = 2.0,
+                motion_fps: float = 4.0) -> V2MModel:
     """A fresh model for training: seeded weights (``params.seed``), the pretrained decoder when
     ``params.pretrained_decoder`` names one, and a frozen decoder when ``params.train_decoder`` is false.
 
     The global RNG is left as it was.
     """
-    config = model_config(params, motion_size)
+    config = model_config(params, motion_size, visual_fps, motion_fps)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
         model = V2MModel(config)

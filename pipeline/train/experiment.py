@@ -44,8 +44,9 @@ def complete_ids(paths: dict[str, list[Path]], use_motion: bool = True) -> list[
 
 
 def segment_sets(paths: dict[str, list[Path]], split: SplitParams, segment_seconds: float, seed: int,
-                 use_motion: bool) -> dict[str, SegmentDataset]:
-    """``train`` (random segments) and ``val`` / ``held_out`` (val + test, fixed segments) datasets."""
+                 use_motion: bool, visual_fps: int = 2, flow_fps: int = 4) -> dict[str, SegmentDataset]:
+    """``train`` (random segments) and ``val`` / ``held_out`` (val + test, fixed segments) datasets
+    (``visual_fps`` / ``flow_fps``: the rates the clip / flow tables were made at)."""
     groups = assign(complete_ids(paths, use_motion), split.val_fraction, split.test_fraction, split.salt)
     if not groups["train"]:
         raise UserError("no training clips: every clip with features fell in the val/test splits")
@@ -54,7 +55,8 @@ def segment_sets(paths: dict[str, list[Path]], split: SplitParams, segment_secon
 
     def make(ids: list[str], training: bool) -> SegmentDataset:
         return SegmentDataset(paths["clip"], paths["flow"], paths["codes"], ids, segment_seconds=segment_seconds,
-                              train=training, seed=seed, use_motion=use_motion)
+                              train=training, seed=seed, use_motion=use_motion, visual_fps=visual_fps,
+                              flow_fps=flow_fps)
 
     return {"train": make(groups["train"], True),
             "val": make(groups["val"] or groups["test"], False),
@@ -90,8 +92,10 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     which are also written to ``metrics_file`` (atomically) when given.
     """
     paths = feature_paths(shards, feature_root)
-    sets = segment_sets(paths, split, train_params.segment_seconds, train_params.seed, model_params.use_motion)
-    model = build_model(model_params, motion_size=features.flow.size)
+    sets = segment_sets(paths, split, train_params.segment_seconds, train_params.seed, model_params.use_motion,
+                        visual_fps=features.clip.fps, flow_fps=features.flow.fps)
+    model = build_model(model_params, motion_size=features.flow.size, visual_fps=features.clip.fps,
+                        motion_fps=features.flow.fps)
     model.log_param_counts()
     work_dir = Path(work_root) / run_key(model_params, train_params, features, shards)
     recipe = FeatureRecipe(features, train_params.segment_seconds)
