@@ -335,8 +335,9 @@ def main() -> None:
     if "oracle" in wanted:
         oracle = [by["oracle"][s]["video_info_gain"] for s in other_seeds]
         figures["oracle_gain"] = {"per_seed": dict(zip(map(str, other_seeds), oracle)), **spread(oracle)}
-        if "video" in wanted and statistics.fmean(oracle):
-            figures["video_over_oracle"] = round(statistics.fmean(video) / statistics.fmean(oracle), 4)
+        if "video" in wanted:
+            figures["video_over_oracle"] = (round(statistics.fmean(video) / statistics.fmean(oracle), 4)
+                                            if statistics.fmean(oracle) else None)
     if "motion" in wanted:
         motion = [round(by["motion-off"][s]["ce_true"] - by["motion-on"][s]["ce_true"], 6) for s in other_seeds]
         figures["motion_gain"] = {"per_seed": dict(zip(map(str, other_seeds), motion)), **spread(motion)}
