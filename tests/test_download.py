@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline import media
-from pipeline.acquire.download import classify, download_shard, resolve_url
+from pipeline.acquire.download import classify, download_shard, file_sha256, resolve_url
 from pipeline.acquire.manifest import ManifestEntry, write_manifest
 from pipeline.acquire.proxies import ProxyListError, ProxyPool, read_proxy_list, redact
 from pipeline.config import DownloadParams
@@ -157,6 +158,34 @@ def test_killed_run_resumes_without_refetching(tmp_path, videos):
     assert [row["status"] for row in rows] == ["ok"] * len(names)
 
 
+def test_a_refreshed_entry_is_fetched_again_not_taken_from_the_cache(tmp_path, videos):
+    """Same video id, new content and sha256 in the manifest (a refreshed shard): no stale file."""
+    folder, names = videos
+    served = tmp_path / "served"
+    served.mkdir()
+    name, video_id = names[0], Path(names[0]).stem
+    with VideoServer(served).running() as server:
+        def run(content: str, sha256: str | None = None, seconds: float = 3.0, scratch: str = "scratch") -> dict:
+            shutil.copy(folder / content, served / name)
+            manifest = write_manifest(tmp_path / "s0001.csv", [ManifestEntry(video_id, server.url(name), sha256)])
+            params = fast_params(tmp_path, scratch=str(tmp_path / scratch))
+            return download_shard(manifest, tmp_path / "out", params, seconds=seconds, progress=False)[0]
+
+        old = run(names[0])["sha256"]
+        new = run(names[1], scratch="elsewhere")["sha256"]   # what the new content downloads as
+        assert old != new
+        before = server.fetched(name)                        # yt-dlp may send several requests per video
+        row = run(names[1], new)
+        fetched = server.fetched(name)
+        assert fetched > before, "the cached old content was taken for the refreshed entry"
+        assert row["status"] == "ok" and row["sha256"] == new
+        assert file_sha256(tmp_path / "out" / row["file"]) == new
+        assert run(names[1], new)["sha256"] == new
+        assert server.fetched(name) == fetched, "an unchanged entry was fetched again"
+        run(names[1], new, seconds=4.0)
+        assert server.fetched(name) > fetched, "a new clip length must fetch a new window"
+
+
 def test_download_command_reports_a_bad_proxy_list_in_one_line(tmp_path):
     proxies = tmp_path / "p.txt"
     proxies.write_text(f"http://bob:{PASSWORD}@127.0.0.1:8080\nftp://127.0.0.1:21\n")
@@ -228,4 +257,4 @@ def test_downloaded_window_is_the_first_seconds(tmp_path, videos):
                               seconds=2.0, progress=False)
     info = media.probe(tmp_path / "out" / rows[0]["file"])
     assert 2.5 <= info.duration < 6.0  # the window (plus the keyframe it starts on), not the whole 6 s
-    assert json.loads((tmp_path / "scratch" / "s0001" / "done" / f"{rows[0]['video_id']}.json").read_text())["status"] == "ok"
+    assert json.loads((tmp_path / "scratch" / "s0001" / "done" / f"{rows[0]['video_id']}.json").read_text())["row"]["status"] == "ok"

@@ -7,7 +7,8 @@ download ranges, and on failure decide by the error's class:
   - anything else -> back off and retry, up to ``max_attempts``.
 
 Finished videos land in a scratch cache outside the DVC outputs (``<scratch>/<shard>/done``);
-a killed run resumes from it without fetching them again. The shard's output folder (videos +
+a killed run resumes from it without fetching them again, unless the manifest entry changed
+(url, sha256) or the clip length did. The shard's output folder (videos +
 ``status.parquet``) is assembled under a temp name and renamed at the end, so no partial file
 ever appears there. Proxy credentials never reach logs, status rows or exceptions.
 """
@@ -178,17 +179,28 @@ class ShardDownloader:
             options["download_ranges"] = download_range_func(None, [(0, self.window)])
         return options
 
-    def finished(self, video_id: str) -> dict | None:
-        """The record of a video fetched by an earlier (possibly killed) run, if complete."""
-        record = self.done_dir / f"{video_id}.json"
+    def request(self, entry: ManifestEntry) -> dict:
+        """What a cached download was fetched for: the entry's url and the time window."""
+        return {"url": entry.url, "window": self.window}
+
+    def finished(self, entry: ManifestEntry) -> dict | None:
+        """The status row of ``entry`` fetched by an earlier (possibly killed) run, if complete and
+        still what the manifest asks for: the same url and window, and the manifest's sha256 when it
+        gives one (a refreshed shard may point an id at new content)."""
+        record = self.done_dir / f"{entry.video_id}.json"
         if not record.is_file():
             return None
-        row = json.loads(record.read_text())
+        saved = json.loads(record.read_text())
+        row = saved.get("row")
+        if row is None or saved.get("request") != self.request(entry):
+            return None
+        if entry.sha256 and row["sha256"] != entry.sha256:
+            return None
         return row if (self.done_dir / row["file"]).is_file() else None
 
     def fetch(self, entry: ManifestEntry) -> dict:
         """Try one video until it succeeds, fails permanently or runs out of attempts; a status row."""
-        previous = self.finished(entry.video_id)
+        previous = self.finished(entry)
         if previous is not None:
             return previous
         if self._started.is_set() and self.params.sleep_max > 0:
@@ -252,7 +264,7 @@ class ShardDownloader:
                "sha256": digest, "duration": duration, "fetched_at": _now(),
                "ytdlp_version": yt_dlp.version.__version__, "file": name}
         with atomic_path(self.done_dir / f"{entry.video_id}.json") as temp:
-            temp.write_text(json.dumps(row))
+            temp.write_text(json.dumps({"row": row, "request": self.request(entry)}))
         return row
 
 
