@@ -18,13 +18,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.config import TrainParams
+from pipeline.config import FeaturesParams, ModelParams, SplitParams, TrainParams
 from pipeline.features.motion import dequantize
 from pipeline.features.store import ShardWriter, tensor_column
 from pipeline.model.builder import tiny_config
 from pipeline.model.v2m import V2MModel
 from pipeline.train import (EMA, SegmentDataset, checkpoints, derangement_of_segments, held_out_ce, lr_factor,
                             make_loader, make_scheduler, parameter_groups, train)
+from pipeline.train.experiment import data_fingerprint, run_key
 
 SIZE, K, CLASSES, SUBSET = 64, 4, 4, 16
 TRAIN_IDS = [f"train{i:02d}" for i in range(8)]
@@ -173,6 +174,26 @@ def test_the_feature_rates_reach_the_datasets_and_the_model(shards):
     assert item["visual"].shape[0] == 2 and item["motion"].shape[0] == 4 and item["codes"].shape[1] == 100
     config = model_config(ModelParams(size="tiny"), SIZE, visual_fps=1, motion_fps=2)
     assert (config.visual_fps, config.motion_fps) == (1.0, 2.0)
+
+
+def test_a_rebuilt_feature_cache_gets_a_new_run_key(shards, tmp_path):
+    """Checkpoints resume only into the same run: same params on new feature bytes must not resume."""
+    paths = {table: [path] for table, path in shards["paths"].items()}
+    copy = tmp_path / "codes" / "s0000.parquet"
+    copy.parent.mkdir()
+    shutil.copy(paths["codes"][0], copy)
+    fingerprint = data_fingerprint(paths)
+    assert data_fingerprint({**paths, "codes": [copy]}) == fingerprint     # same bytes, same data
+    blob = bytearray(copy.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    copy.write_bytes(bytes(blob))
+    rebuilt = data_fingerprint({**paths, "codes": [copy]})
+    assert rebuilt != fingerprint
+    settings = (ModelParams(size="tiny"), TrainParams(), FeaturesParams(), SplitParams(), ["s0000"])
+    assert run_key(*settings, fingerprint) == run_key(*settings, fingerprint)
+    assert run_key(*settings, rebuilt) != run_key(*settings, fingerprint)
+    assert run_key(ModelParams(size="tiny"), TrainParams(), FeaturesParams(), SplitParams(val_fraction=0.3),
+                   ["s0000"], fingerprint) != run_key(*settings, fingerprint)
 
 
 def test_derangement_moves_every_segment_to_another_video():

@@ -72,9 +72,24 @@ def learning_figures(model: V2MModel, held_out: SegmentDataset, batch_size: int,
             "held_out_segments": len(held_out), "held_out_clips": len(held_out.video_ids)}
 
 
-def run_key(model: ModelParams, train_params: TrainParams, features: FeaturesParams, shards: Sequence[str]) -> str:
-    """A short hash of everything that shapes a run: checkpoints resume only into the same run."""
-    blob = json.dumps([as_dict(model), as_dict(train_params), as_dict(features), list(shards)], sort_keys=True)
+def data_fingerprint(paths: dict[str, list[Path]]) -> str:
+    """sha256 of the bytes of every feature shard in ``paths`` (table by table, in order)."""
+    digest = hashlib.sha256()
+    for table in sorted(paths):
+        for path in paths[table]:
+            digest.update(f"{table}:{Path(path).name}:".encode())
+            with open(path, "rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def run_key(model: ModelParams, train_params: TrainParams, features: FeaturesParams, split: SplitParams,
+            shards: Sequence[str], data: str) -> str:
+    """A short hash of everything that shapes a run, the data's fingerprint included: checkpoints
+    resume only into the same run, and a rebuilt feature cache (same params, new videos or audio)
+    starts afresh instead of resuming a run made on the old one."""
+    blob = json.dumps([as_dict(model), as_dict(train_params), as_dict(features), as_dict(split), list(shards), data],
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -88,7 +103,7 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     The export also holds ``features.json`` (:mod:`pipeline.features.recipe`): how the inputs were made.
 
     Checkpoints go to ``work_root/<run key>`` (outside the DVC outputs), so a killed run resumes
-    and a changed configuration starts afresh. Returns the training summary plus the figures,
+    and a changed configuration or feature cache starts afresh. Returns the training summary plus the figures,
     which are also written to ``metrics_file`` (atomically) when given.
     """
     paths = feature_paths(shards, feature_root)
@@ -97,7 +112,8 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     model = build_model(model_params, motion_size=features.flow.size, visual_fps=features.clip.fps,
                         motion_fps=features.flow.fps)
     model.log_param_counts()
-    work_dir = Path(work_root) / run_key(model_params, train_params, features, shards)
+    used = {table: files for table, files in paths.items() if model_params.use_motion or table != "flow"}
+    work_dir = Path(work_root) / run_key(model_params, train_params, features, split, shards, data_fingerprint(used))
     recipe = FeatureRecipe(features, train_params.segment_seconds)
     summary = train(model, sets["train"], sets["val"], train_params, work_dir=work_dir, live_dir=Path(live_dir),
                     export_dir=Path(export_dir), progress=progress, export_files={RECIPE_FILE: recipe.to_json()})
@@ -114,4 +130,4 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     return result
 
 
-__all__ = ["complete_ids", "feature_paths", "learning_figures", "run_key", "run_training", "segment_sets"]
+__all__ = ["complete_ids", "data_fingerprint", "feature_paths", "learning_figures", "run_key", "run_training", "segment_sets"]
