@@ -188,6 +188,13 @@ def test_frozen_decoder_gets_no_gradient():
     assert all(grads[part] > 0 for part in ("visual", "motion", "fusion", "projection")), grads
 
 
+def test_the_ablation_shares_the_initial_weights_of_every_common_part():
+    with_motion = build_model(ModelParams(size="tiny", seed=5), motion_size=SIZE).state_dict()
+    without = build_model(ModelParams(size="tiny", seed=5, use_motion=False), motion_size=SIZE).state_dict()
+    assert set(without) < set(with_motion)
+    assert all(torch.equal(without[k], with_motion[k]) for k in without)
+
+
 def test_build_model_is_seeded_and_leaves_the_global_rng():
     state = torch.random.get_rng_state()
     a = build_model(ModelParams(size="tiny", seed=3), motion_size=SIZE)

@@ -13,9 +13,10 @@ import pytest
 
 from pipeline import media
 from pipeline.config import SampleParams
+from pipeline.features.motion import flow_magnitudes
 from pipeline.synth import LABELS_FILE, read_labels, render_clip, render_sample_set
 from pipeline.synth.scene import render_frames
-from pipeline.synth.spec import sample_clip_spec
+from pipeline.synth.spec import WIDTH_PER_BEAT, sample_clip_spec
 
 
 def decoded_frames(path) -> np.ndarray:
@@ -84,6 +85,7 @@ def test_files_and_labels(synth_set):
         assert all(0 < t < row["seconds"] for t in row["chord_change_times"])
         assert row["cut_times"] == row["chord_change_times"]
         assert len(row["chord_roots"]) == len(row["chord_change_times"]) + 1
+        assert row["object_speed"] == pytest.approx(WIDTH_PER_BEAT * row["width"] * row["bpm"] / 60, rel=1e-4)
     table = pq.read_table(folder / LABELS_FILE)
     assert b"v2m.synth.params" in table.schema.metadata
 
@@ -146,6 +148,18 @@ def test_motion_only_mode_shows_tempo_only_through_motion():
     slow_frames, fast_frames = list(render_frames(slow)), list(render_frames(fast))
     assert np.array_equal(slow_frames[0], fast_frames[0])  # same picture...
     assert not np.array_equal(slow_frames[-1], fast_frames[-1])  # ...moving at another speed
+
+
+def test_flow_features_follow_the_tempo():
+    """Farneback on frames 0.25 s apart (the flow features' rate) sees the shapes' speed grow with the tempo."""
+    for index in range(3):
+        base = sample_clip_spec(SampleParams(seconds=3.0, seed=6, motion_only=True), index)
+        speeds = []
+        for bpm in (75.0, 145.0):
+            spec = dataclasses.replace(base, bpm=bpm, object_speed=WIDTH_PER_BEAT * base.width * bpm / 60)
+            gray = np.stack(list(render_frames(spec)))[:: spec.fps // 4].mean(axis=3).astype(np.uint8)
+            speeds.append(float(np.quantile(flow_magnitudes(gray)[1:], 0.995)))
+        assert speeds[1] > 1.4 * speeds[0] > 0, (index, speeds)
 
 
 def test_vocal_stem_is_in_the_mix(synth_set):

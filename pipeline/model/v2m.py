@@ -255,6 +255,10 @@ class V2MModel(nn.Module):
         self.visual_encoder = VisualEncoder(c.visual_in_dim, c.visual_tokens, c.visual_dim, c.visual_layers,
                                             c.visual_heads, c.encoder_ffn_mult * c.visual_dim, c.encoder_dropout,
                                             c.visual_fps)
+        self.projection = nn.Linear(c.visual_dim, c.tokens_per_frame * c.decoder_dim)
+        self.decoder = MusicgenForCausalLM(c.decoder_config())
+        # The motion branch is made last, so the parts both variants share draw the same initial
+        # weights from the same seed: the motion ablation compares the branch, not two inits.
         if c.use_motion:
             self.motion_encoder = MotionEncoder(c.motion_size, c.motion_patch, c.motion_dim, c.motion_layers,
                                                 c.motion_heads, c.encoder_ffn_mult * c.motion_dim,
@@ -264,8 +268,6 @@ class V2MModel(nn.Module):
         else:
             self.motion_encoder = None
             self.fusion = None
-        self.projection = nn.Linear(c.visual_dim, c.tokens_per_frame * c.decoder_dim)
-        self.decoder = MusicgenForCausalLM(c.decoder_config())
 
     # -- conditioning
 
