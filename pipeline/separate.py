@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-import soxr
 import torch
 import yaml
 from demucs.apply import BagOfModels, apply_model
@@ -40,6 +39,7 @@ from pipeline.config import SeparateParams
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
 from pipeline.media import MediaError, read_wav, write_wav
+from pipeline.metrics import mono_resampled
 from pipeline.status import FAILED, OK, STATUS_FILE, ok_ids, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.separate")
@@ -307,10 +307,8 @@ def to_target(audio: np.ndarray, sr_in: int, sr_out: int = 32000) -> np.ndarray:
     Returns:
         float32 ``[1, S_out]`` at ``sr_out``, S_out = round(S * sr_out / sr_in) exactly.
     """
-    mono = np.atleast_2d(np.asarray(audio, dtype=np.float32)).mean(axis=0)
-    n_out = round(Fraction(mono.shape[0] * sr_out, sr_in))
-    if sr_in != sr_out:
-        mono = soxr.resample(mono, sr_in, sr_out, quality="VHQ")
+    n_out = round(Fraction(np.shape(audio)[-1] * sr_out, sr_in))
+    mono = mono_resampled(audio, sr_in, sr_out, quality="VHQ")
     # soxr's length can differ from the exact one by a sample: trim or zero-pad to it.
     mono = np.pad(mono[:n_out], (0, max(0, n_out - mono.shape[0])))
     return mono[None].astype(np.float32)
