@@ -12,7 +12,9 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 from torch import nn
-from transformers import MusicgenForConditionalGeneration
+from transformers import MusicgenForConditionalGeneration, PreTrainedModel
+
+from pipeline.config import UserError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -60,3 +62,33 @@ def musicgen_part(folder: Path, part: str) -> tuple[nn.Module, list[str]]:
                                                                   output_loading_info=True)
     missing = sorted(key for key in info["missing_keys"] if key.startswith(f"{part}."))
     return getattr(full, part), missing
+
+
+def load_part(folder: Path, *, part: str, standalone: type[PreTrainedModel], standalone_type: str, weights: str,
+              where_from: str) -> nn.Module:
+    """A MusicGen part from a checkpoint folder of either kind, every weight present.
+
+    Args:
+        folder: from :func:`local_checkpoint`.
+        part: the part of a ``musicgen`` composite to take (``decoder``, ``audio_encoder``).
+        standalone: the part's own class, for a folder whose model_type is ``standalone_type``.
+        weights: what the weights are, for messages (``EnCodec``, ``decoder``).
+        where_from: the sentence saying what is expected and where it comes from.
+
+    Raises:
+        UserError: another model_type, or weights missing (``from_pretrained`` would leave them
+            silently random).
+    """
+    kind = model_type(folder)
+    if kind == "musicgen":
+        model, missing = musicgen_part(folder, part)
+    elif kind == standalone_type:
+        model, info = standalone.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+        missing = sorted(info["missing_keys"])
+    else:
+        raise UserError(f"{folder}/config.json: model_type {kind!r} is neither {standalone_type!r} nor 'musicgen'; "
+                        f"{where_from}")
+    if missing:
+        raise UserError(f"{folder}: the checkpoint lacks {len(missing)} {weights} weights (e.g. {missing[0]}); "
+                        f"it is not a complete {kind} checkpoint")
+    return model

@@ -26,8 +26,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from transformers import EncodecConfig, EncodecModel
 
-from pipeline.checkpoints import local_checkpoint, model_type, musicgen_part
-from pipeline.config import UserError
+from pipeline.checkpoints import load_part, local_checkpoint
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
 
@@ -89,19 +88,10 @@ def load_codec(path: str | Path, device: str = "auto", cache_dir: str | Path | N
         UserError: the checkpoint lacks EnCodec weights (from_pretrained would leave them silently random).
     """
     folder = local_checkpoint(path, label="codec", where_from=_where_from(), cache_dir=cache_dir)
-    kind = model_type(folder)
-    if kind == "musicgen":
-        # Straight into EncodecModel, a composite also falls back to the 24 kHz default config.
-        model, missing = musicgen_part(folder, "audio_encoder")
-    elif kind == "encodec":
-        model, info = EncodecModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
-        missing = sorted(info["missing_keys"])
-    else:
-        raise UserError(f"{folder}/config.json: model_type {kind!r} is neither 'encodec' nor 'musicgen'; "
-                        f"{_where_from()}")
-    if missing:
-        raise UserError(f"{path}: the checkpoint lacks {len(missing)} EnCodec weights (e.g. {missing[0]}); "
-                        f"it is not a complete {kind} checkpoint")
+    # A composite goes through MusicgenForConditionalGeneration: straight into EncodecModel it would
+    # also fall back to the 24 kHz default config.
+    model = load_part(folder, part="audio_encoder", standalone=EncodecModel, standalone_type="encodec",
+                      weights="EnCodec", where_from=_where_from())
     if getattr(model.config, RANDOM_MARKER, False):
         log.warning("%s is an EnCodec with RANDOM weights (codebooks calibrated by the codec_init stage): its codes "
                     "are usable tokens, but its decoder is random, so decoded audio is not music; use %s or %s "

@@ -465,17 +465,9 @@ def load_pretrained_decoder(model: V2MModel, source: str | Path) -> V2MModel:
         UserError: the checkpoint's decoder has other sizes than ``model``'s, or lacks weights.
     """
     folder = checkpoints.local_checkpoint(source, label="pretrained decoder", where_from=_musicgen_where_from())
-    kind = checkpoints.model_type(folder)
-    if kind == "musicgen":
-        pretrained, missing = checkpoints.musicgen_part(folder, "decoder")
-    elif kind == "musicgen_decoder":
-        pretrained, info = MusicgenForCausalLM.from_pretrained(folder, local_files_only=True, output_loading_info=True)
-        missing = sorted(info["missing_keys"])
-    else:
-        raise UserError(f"{folder}/config.json: model_type {kind!r} is neither 'musicgen' nor "
-                        f"'musicgen_decoder'; {_musicgen_where_from()}")
-    if missing:
-        raise UserError(f"{source}: the checkpoint lacks {len(missing)} decoder weights (e.g. {missing[0]})")
+    pretrained = checkpoints.load_part(folder, part="decoder", standalone=MusicgenForCausalLM,
+                                       standalone_type="musicgen_decoder", weights="decoder",
+                                       where_from=_musicgen_where_from())
     ours, theirs = model.decoder.config, pretrained.config
     differ = [f"{name} {getattr(theirs, name)} (ours {getattr(ours, name)})" for name in _DECODER_FIELDS
               if getattr(theirs, name) != getattr(ours, name)]
