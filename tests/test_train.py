@@ -25,7 +25,7 @@ from pipeline.model.builder import tiny_config
 from pipeline.model.v2m import V2MModel
 from pipeline.train import (EMA, SegmentDataset, checkpoints, derangement_of_segments, held_out_ce, lr_factor,
                             make_loader, make_scheduler, parameter_groups, train)
-from pipeline.train.experiment import data_fingerprint, run_key
+from pipeline.train.experiment import code_fingerprint, data_fingerprint, run_key
 
 SIZE, K, CLASSES, SUBSET = 64, 4, 4, 16
 TRAIN_IDS = [f"train{i:02d}" for i in range(8)]
@@ -176,8 +176,8 @@ def test_the_feature_rates_reach_the_datasets_and_the_model(shards):
     assert (config.visual_fps, config.motion_fps) == (1.0, 2.0)
 
 
-def test_a_rebuilt_feature_cache_gets_a_new_run_key(shards, tmp_path):
-    """Checkpoints resume only into the same run: same params on new feature bytes must not resume."""
+def test_a_rebuilt_feature_cache_or_new_code_gets_a_new_run_key(shards, tmp_path):
+    """Checkpoints resume only into the same run: same params on new feature bytes or code must not resume."""
     paths = {table: [path] for table, path in shards["paths"].items()}
     copy = tmp_path / "codes" / "s0000.parquet"
     copy.parent.mkdir()
@@ -190,10 +190,13 @@ def test_a_rebuilt_feature_cache_gets_a_new_run_key(shards, tmp_path):
     rebuilt = data_fingerprint({**paths, "codes": [copy]})
     assert rebuilt != fingerprint
     settings = (ModelParams(size="tiny"), TrainParams(), FeaturesParams(), SplitParams(), ["s0000"])
-    assert run_key(*settings, fingerprint) == run_key(*settings, fingerprint)
-    assert run_key(*settings, rebuilt) != run_key(*settings, fingerprint)
+    code = code_fingerprint()
+    assert code == code_fingerprint() and len(code) == 64
+    assert run_key(*settings, fingerprint, code) == run_key(*settings, fingerprint, code)
+    assert run_key(*settings, rebuilt, code) != run_key(*settings, fingerprint, code)
+    assert run_key(*settings, fingerprint, "other code") != run_key(*settings, fingerprint, code)
     assert run_key(ModelParams(size="tiny"), TrainParams(), FeaturesParams(), SplitParams(val_fraction=0.3),
-                   ["s0000"], fingerprint) != run_key(*settings, fingerprint)
+                   ["s0000"], fingerprint, code) != run_key(*settings, fingerprint, code)
 
 
 def test_derangement_moves_every_segment_to_another_video():

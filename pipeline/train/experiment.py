@@ -83,13 +83,23 @@ def data_fingerprint(paths: dict[str, list[Path]]) -> str:
     return digest.hexdigest()
 
 
+def code_fingerprint() -> str:
+    """sha256 of the model and training code (the ``.py`` files of pipeline/model and pipeline/train)."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*(package / "model").glob("*.py"), *(package / "train").glob("*.py")]):
+        digest.update(f"{path.parent.name}/{path.name}:".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def run_key(model: ModelParams, train_params: TrainParams, features: FeaturesParams, split: SplitParams,
-            shards: Sequence[str], data: str) -> str:
-    """A short hash of everything that shapes a run, the data's fingerprint included: checkpoints
-    resume only into the same run, and a rebuilt feature cache (same params, new videos or audio)
-    starts afresh instead of resuming a run made on the old one."""
-    blob = json.dumps([as_dict(model), as_dict(train_params), as_dict(features), as_dict(split), list(shards), data],
-                      sort_keys=True)
+            shards: Sequence[str], data: str, code: str) -> str:
+    """A short hash of everything that shapes a run, data and code fingerprints included: checkpoints
+    resume only into the same run (a killed one), and a rebuilt feature cache (same params, new
+    videos or audio) or changed model code starts afresh instead of resuming an old run."""
+    blob = json.dumps([as_dict(model), as_dict(train_params), as_dict(features), as_dict(split), list(shards), data,
+                       code], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -103,7 +113,7 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     The export also holds ``features.json`` (:mod:`pipeline.features.recipe`): how the inputs were made.
 
     Checkpoints go to ``work_root/<run key>`` (outside the DVC outputs), so a killed run resumes
-    and a changed configuration or feature cache starts afresh. Returns the training summary plus the figures,
+    and a changed configuration, feature cache or model code starts afresh. Returns the training summary plus the figures,
     which are also written to ``metrics_file`` (atomically) when given.
     """
     paths = feature_paths(shards, feature_root)
@@ -113,7 +123,8 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
                         motion_fps=features.flow.fps)
     model.log_param_counts()
     used = {table: files for table, files in paths.items() if model_params.use_motion or table != "flow"}
-    work_dir = Path(work_root) / run_key(model_params, train_params, features, split, shards, data_fingerprint(used))
+    work_dir = Path(work_root) / run_key(model_params, train_params, features, split, shards, data_fingerprint(used),
+                                         code_fingerprint())
     recipe = FeatureRecipe(features, train_params.segment_seconds)
     summary = train(model, sets["train"], sets["val"], train_params, work_dir=work_dir, live_dir=Path(live_dir),
                     export_dir=Path(export_dir), progress=progress, export_files={RECIPE_FILE: recipe.to_json()})
@@ -130,4 +141,4 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     return result
 
 
-__all__ = ["complete_ids", "data_fingerprint", "feature_paths", "learning_figures", "run_key", "run_training", "segment_sets"]
+__all__ = ["code_fingerprint", "complete_ids", "data_fingerprint", "feature_paths", "learning_figures", "run_key", "run_training", "segment_sets"]
