@@ -72,7 +72,7 @@ from pipeline.files import atomic_path
 from pipeline.split import assign, split_of
 from pipeline.status import OK, summary
 from pipeline.synth import read_labels, render_sample_set
-from pipeline.train.experiment import run_training
+from pipeline.train.experiment import code_fingerprint, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = "s0000"
@@ -207,14 +207,15 @@ def train_run(work: Path, run: str, feature_root: Path, params: dict, *, seed: i
               steps: int, data_stamp: dict, resume: bool) -> dict:
     """One training run (the train stage's code) and its held-out figures.
 
-    Fresh unless ``resume``: then a finished run's saved result (same settings and data) is reused
+    Fresh unless ``resume``: then a finished run's saved result (same settings, data and model code) is reused
     and an unfinished one resumes from its last checkpoint (``train.checkpoint_every`` steps)."""
     model = dataclasses.replace(params["model"], seed=seed, use_motion=use_motion)
     train = dataclasses.replace(params["train"], seed=seed, max_steps=steps,
                                 warmup_steps=min(params["train"].warmup_steps, max(steps // 10, 1)))
     dirs = {"work_root": work / "train" / run, "live_dir": work / "live" / run, "export_dir": work / "models" / run}
     key = {"model": as_dict(model), "train": as_dict(train), "features": as_dict(params["features"]),
-           "split": as_dict(params["split"]), "data": data_stamp, "feature_root": str(feature_root)}
+           "split": as_dict(params["split"]), "data": data_stamp, "feature_root": str(feature_root),
+           "code": code_fingerprint()}
     key = json.loads(json.dumps(key))   # as it reads back from the file
     saved = work / "results" / f"{run}.json"
     if resume and saved.is_file():
