@@ -6,7 +6,7 @@ so the download stage runs its real code path offline, and re-renders change the
 
 from pathlib import Path
 
-from pipeline.acquire.download import file_sha256
+from pipeline.files import file_sha256
 from pipeline.acquire.manifest import ManifestEntry, shard_path, write_manifest
 from pipeline.cli import user_errors
 from pipeline.config import load_params

@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from pipeline import media
-from pipeline.acquire.download import classify, download_shard, file_sha256, resolve_url
+from pipeline.acquire.download import classify, download_shard, resolve_url
 from pipeline.acquire.manifest import ManifestEntry, write_manifest
 from pipeline.acquire.proxies import ProxyListError, ProxyPool, read_proxy_list, redact
 from pipeline.config import DownloadParams
+from pipeline.files import file_sha256
 from pipeline.status import read_status
 
 from netservers import VideoServer, black_hole, dead_port, forwarding_proxy, status_proxy

@@ -163,7 +163,6 @@ def test_without_motion_the_flow_table_is_never_opened(shards, tmp_path):
 
 def test_the_feature_rates_reach_the_datasets_and_the_model(shards):
     """A cache made at other rates is read at those rates and coded with matching temporal codes."""
-    from pipeline.config import ModelParams, SplitParams
     from pipeline.model.builder import model_config
     from pipeline.train.experiment import segment_sets
 

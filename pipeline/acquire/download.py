@@ -16,7 +16,6 @@ ever appears there. Proxy credentials never reach logs, status rows or exception
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from pipeline import media
 from pipeline.acquire.manifest import ManifestEntry, read_manifest
 from pipeline.acquire.proxies import ProxyPool, read_proxy_list
 from pipeline.config import DownloadParams
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, file_sha256
 from pipeline.status import FAILED, OK, STATUS_FILE, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.download")
@@ -270,14 +269,6 @@ class ShardDownloader:
 
 class _ChecksumMismatch(Exception):
     pass
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now() -> str:

@@ -21,7 +21,6 @@ summary names the checkpoint (path and sha256 prefix) so a reader can tell.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -33,7 +32,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.config import EvaluateParams, UserError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, file_sha256
 from pipeline.media import read_wav
 from pipeline.metrics import mono_resampled
 from pipeline.metrics import chroma as chroma_metric
@@ -82,11 +81,7 @@ def wav_files_of(folders: Path | str | Sequence[Path | str]) -> dict[str, Path]:
 
 def checkpoint_identity(path: Path | str, prefix_chars: int = 16) -> dict[str, str]:
     """``{"path": ..., "sha256": first prefix_chars hex digits}`` of a checkpoint file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return {"path": str(Path(path).resolve()), "sha256": digest.hexdigest()[:prefix_chars]}
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)[:prefix_chars]}
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -18,7 +18,7 @@ from typing import Sequence
 from pipeline.config import FeaturesParams, ModelParams, SplitParams, TrainParams, UserError, as_dict
 from pipeline.features.recipe import RECIPE_FILE, FeatureRecipe
 from pipeline.features.store import FeatureShard
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, file_sha256
 from pipeline.model.builder import build_model
 from pipeline.model.v2m import V2MModel
 from pipeline.split import assign
@@ -35,10 +35,14 @@ def feature_paths(shards: Sequence[str], root: Path | str = "data/features") -> 
     return {table: [Path(root) / table / f"{shard}.parquet" for shard in shards] for table in TABLES}
 
 
+def tables_read(use_motion: bool) -> list[str]:
+    """The feature tables training reads: all of them, the flow table only with motion."""
+    return [t for t in TABLES if use_motion or t != "flow"]
+
+
 def complete_ids(paths: dict[str, list[Path]], use_motion: bool = True) -> list[str]:
     """Ids present in every table that training reads, in shard order."""
-    tables = [t for t in TABLES if use_motion or t != "flow"]
-    ids = {t: [i for p in paths[t] for i in FeatureShard(p).ids()] for t in tables}
+    ids = {t: [i for p in paths[t] for i in FeatureShard(p).ids()] for t in tables_read(use_motion)}
     common = set.intersection(*(set(v) for v in ids.values()))
     return [i for i in ids["codes"] if i in common]
 
@@ -77,9 +81,7 @@ def data_fingerprint(paths: dict[str, list[Path]]) -> str:
     digest = hashlib.sha256()
     for table in sorted(paths):
         for path in paths[table]:
-            digest.update(f"{table}:{Path(path).name}:".encode())
-            with open(path, "rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
+            digest.update(f"{table}/{Path(path).name}:{file_sha256(path)};".encode())
     return digest.hexdigest()
 
 
@@ -88,8 +90,7 @@ def code_fingerprint() -> str:
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted([*(package / "model").glob("*.py"), *(package / "train").glob("*.py")]):
-        digest.update(f"{path.parent.name}/{path.name}:".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(f"{path.parent.name}/{path.name}:{file_sha256(path)};".encode())
     return digest.hexdigest()
 
 
@@ -113,8 +114,8 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     The export also holds ``features.json`` (:mod:`pipeline.features.recipe`): how the inputs were made.
 
     Checkpoints go to ``work_root/<run key>`` (outside the DVC outputs), so a killed run resumes
-    and a changed configuration, feature cache or model code starts afresh. Returns the training summary plus the figures,
-    which are also written to ``metrics_file`` (atomically) when given.
+    and a changed configuration, feature cache or model code starts afresh. Returns the training
+    summary plus the figures, which are also written to ``metrics_file`` (atomically) when given.
     """
     paths = feature_paths(shards, feature_root)
     sets = segment_sets(paths, split, train_params.segment_seconds, train_params.seed, model_params.use_motion,
@@ -122,7 +123,7 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     model = build_model(model_params, motion_size=features.flow.size, visual_fps=features.clip.fps,
                         motion_fps=features.flow.fps)
     model.log_param_counts()
-    used = {table: files for table, files in paths.items() if model_params.use_motion or table != "flow"}
+    used = {table: paths[table] for table in tables_read(model_params.use_motion)}
     work_dir = Path(work_root) / run_key(model_params, train_params, features, split, shards, data_fingerprint(used),
                                          code_fingerprint())
     recipe = FeatureRecipe(features, train_params.segment_seconds)
@@ -141,4 +142,5 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     return result
 
 
-__all__ = ["code_fingerprint", "complete_ids", "data_fingerprint", "feature_paths", "learning_figures", "run_key", "run_training", "segment_sets"]
+__all__ = ["code_fingerprint", "complete_ids", "data_fingerprint", "feature_paths", "learning_figures", "run_key",
+           "run_training", "segment_sets", "tables_read"]
