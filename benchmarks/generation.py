@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import GenerateParams, ModelParams
+from pipeline.config import FeaturesParams, GenerateParams, ModelParams
 from pipeline.device import torch_threads
 from pipeline.generate import SMALL_DECODER_WIDTH
+from pipeline.features.recipe import StreamRates
 from pipeline.model.builder import build_model
 from pipeline.model.sampling import generate_codes
 
@@ -75,7 +76,7 @@ def main() -> None:
     print(f"device: {device}; torch {torch.__version__}; CPU threads {torch.get_num_threads()}")
 
     for size in args.sizes:
-        model = build_model(ModelParams(size=size)).to(device).eval()
+        model = build_model(ModelParams(size=size), StreamRates.of(FeaturesParams())).to(device).eval()
         seconds = args.small_seconds if size == "small" and device == "cpu" else args.seconds
         steps = int(seconds * 50)
         n_params = sum(p.numel() for p in model.parameters()) / 1e6

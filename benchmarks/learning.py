@@ -69,10 +69,10 @@ from pipeline.features.extract import ClipInput, codes_table, extract_tables
 from pipeline.features.store import FeatureShard, ShardWriter, tensor_column
 from pipeline.features.visual import load_clip, save_random_clip
 from pipeline.files import atomic_path
-from pipeline.split import assign, split_of
+from pipeline.split import assign, ids_in
 from pipeline.status import OK, summary
 from pipeline.synth import read_labels, render_sample_set
-from pipeline.train.experiment import code_fingerprint, run_training
+from pipeline.train.experiment import code_fingerprint, run_identity, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = "s0000"
@@ -131,13 +131,10 @@ def build_set(work: Path, name: str, sample, clip, features, split, clip_model_d
     # codec_init: random EnCodec, codebooks fitted on this set's train-split audio
     start = time.perf_counter()
     calibration = features.codes.calibration
-    train_ids = [r["video_id"] for r in labels
-                 if split_of(r["video_id"], split.val_fraction, split.test_fraction, split.salt) == "train"]
+    train_ids = ids_in([r["video_id"] for r in labels], split, "train")
     audios = [media.read_wav(audio_dir / f"{v}.wav")[0] for v in train_ids]
     codec_dir = root / "codec"
-    codec_lib.save_calibrated_random_codec(codec_dir, audios, seed=calibration.seed,
-                                           init_frames=calibration.init_frames, iterations=calibration.iterations,
-                                           min_frames_per_entry=calibration.min_frames_per_entry)
+    codec_lib.calibrate_embedded_codec(codec_dir, audios, calibration)
     seconds["codec_init"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -213,10 +210,10 @@ def train_run(work: Path, run: str, feature_root: Path, params: dict, *, seed: i
     train = dataclasses.replace(params["train"], seed=seed, max_steps=steps,
                                 warmup_steps=min(params["train"].warmup_steps, max(steps // 10, 1)))
     dirs = {"work_root": work / "train" / run, "live_dir": work / "live" / run, "export_dir": work / "models" / run}
-    key = {"model": as_dict(model), "train": as_dict(train), "features": as_dict(params["features"]),
-           "split": as_dict(params["split"]), "data": data_stamp, "feature_root": str(feature_root),
-           "code": code_fingerprint()}
-    key = json.loads(json.dumps(key))   # as it reads back from the file
+    # the train stage's own run identity, with the benchmark's data stamp as the data
+    key = {"run": run_identity(model, train, params["features"], params["split"], [SHARD],
+                               json.dumps(data_stamp, sort_keys=True), code_fingerprint()),
+           "feature_root": str(feature_root)}
     saved = work / "results" / f"{run}.json"
     if resume and saved.is_file():
         old = json.loads(saved.read_text())
@@ -307,7 +304,7 @@ def main() -> None:
     sets = {name: build_set(work, name, dataclasses.replace(sample, motion_only=set_names[name]), clip, features, split,
                             clip_dir) for name in needed}
     for name, data in sets.items():
-        groups = assign([r["video_id"] for r in data["labels"]], split.val_fraction, split.test_fraction, split.salt)
+        groups = assign([r["video_id"] for r in data["labels"]], split)
         log(f"[data] {name}: {len(groups['train'])} train / {len(groups['val'])} val / {len(groups['test'])} test clips")
 
     plan = []

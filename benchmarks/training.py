@@ -15,12 +15,13 @@ import time
 
 import torch
 
-from pipeline.config import ModelParams
+from pipeline.config import FeaturesParams, ModelParams
+from pipeline.features.recipe import StreamRates
 from pipeline.model.builder import build_model
 
 
 def measure(size: str, batch: int, seconds: float, steps: int, device: str) -> tuple[float, float, int]:
-    model = build_model(ModelParams(size=size)).to(device).train()
+    model = build_model(ModelParams(size=size), StreamRates.of(FeaturesParams())).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     n_v, n_m, t = int(2 * seconds), int(4 * seconds), int(50 * seconds)
     visual = torch.randn(batch, n_v, 50, 768, device=device)

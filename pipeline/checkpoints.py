@@ -14,7 +14,7 @@ from huggingface_hub.errors import HFValidationError
 from torch import nn
 from transformers import MusicgenForConditionalGeneration, PreTrainedModel
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")

@@ -12,27 +12,13 @@ import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from pipeline import config
+from pipeline.errors import user_errors
 from pipeline.media import ffmpeg_exe
 
-# Expected failures: their message is the whole story for the user.
-USER_ERRORS: tuple[type[BaseException], ...] = (config.UserError, FileNotFoundError)
 FORBIDDEN_PACKAGES = ("torchvision", "torchaudio", "timm", "open_clip_torch", "audiocraft")
-
-
-@contextlib.contextmanager
-def user_errors(prog: str = "v2m") -> Iterator[None]:
-    """Turn expected failures into one clear line on stderr and exit status 2."""
-    try:
-        yield
-    except USER_ERRORS as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finished outputs are kept, partial ones were removed", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:

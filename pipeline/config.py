@@ -5,7 +5,7 @@ field metadata (see :func:`param`). Loading checks types, ranges and choices and
 rejects unknown keys with an error that names ``section.key`` and lists the known
 keys, so a typo in params.yaml never silently falls back to a default.
 
-This module imports nothing else from the project: everyone imports it.
+This module imports only :mod:`pipeline.errors` from the project: everyone imports it.
 """
 
 from __future__ import annotations
@@ -20,18 +20,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ruamel.yaml import YAML, YAMLError
 
+from pipeline.errors import ParamsError
+
 DEFAULT_PARAMS_FILE = Path("params.yaml")
-
-
-class UserError(Exception):
-    """An expected failure whose message is the whole story: bad input, params or files.
-
-    Commands and stages print it as one line and exit with status 2, without a traceback.
-    """
-
-
-class ParamsError(UserError, ValueError):
-    """A params file that does not match the typed sections; the message names the key."""
 
 
 _SECTIONS: dict[str, type] = {}

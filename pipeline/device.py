@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 
 def resolve_device(device: str) -> str:
@@ -33,3 +33,14 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the block with ``model`` in eval mode (no dropout), then put back the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

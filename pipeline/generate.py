@@ -11,13 +11,12 @@ windows of ``window_seconds`` (default: that length). Window ``w > 0`` starts ``
 before the end of the music so far; it is conditioned on its own frames and prompted with those
 last ``prompt_seconds`` of codes, which it continues (they are forced, not resampled). So the
 piece carries on across windows instead of restarting every window, the complaint about VidMuse
-and GVMGen on long videos. Windows start on the 0.5 s grid where the 2 fps frames, the 4 fps flow
-maps and the 50 Hz codes line up, as training segments do.
+and GVMGen on long videos. Windows start on the recipe's time grid (``StreamRates.time_grid``: 0.5 s
+where 2 fps frames, 4 fps flow maps and 50 Hz codes line up), the grid training segments lie on.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -32,7 +31,8 @@ from tqdm import tqdm
 
 from pipeline import media
 from pipeline.audio import normalize_loudness
-from pipeline.config import GenerateParams, SplitParams, UserError
+from pipeline.config import GenerateParams, SplitParams
+from pipeline.errors import UserError
 from pipeline.device import resolve_device, torch_threads
 from pipeline.features import codec as codec_lib
 from pipeline.features.extract import extract_video
@@ -40,9 +40,9 @@ from pipeline.features.recipe import FeatureRecipe, read_recipe
 from pipeline.features.visual import ClipEncoder
 from pipeline.model.sampling import generate_codes
 from pipeline.files import atomic_path
-from pipeline.model.v2m import CONFIG_FILE, V2MConfig, V2MModel
-from pipeline.split import split_of
-from pipeline.status import FAILED, OK, STATUS_FILE, ok_ids, status_schema, write_status
+from pipeline.model.v2m import V2MConfig, V2MModel
+from pipeline.split import ids_in
+from pipeline.status import failed_row, ok_row, STATUS_FILE, ok_ids, status_schema, write_status
 
 log = logging.getLogger("v2m.generate")
 
@@ -69,10 +69,10 @@ class Generator:
         Raises:
             UserError: a missing folder or file, named.
         """
-        recipe = check_model_folder(model_dir)
+        recipe, config = check_model_folder(model_dir)
         device = resolve_device(device)
         try:
-            model = V2MModel.from_pretrained(model_dir, device=device)
+            model = V2MModel.from_pretrained(model_dir, device=device, config=config)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
         features = recipe.features
@@ -137,27 +137,33 @@ def plan_windows(total_steps: int, window_steps: int, prompt_steps: int) -> list
     return plan
 
 
-def window_steps_of(params: GenerateParams, config: V2MConfig, recipe: FeatureRecipe) -> tuple[int, int]:
+def window_steps_of(params: GenerateParams, recipe: FeatureRecipe) -> tuple[int, int]:
     """``(window, prompt)`` in code frames for ``params``; checked before any work starts.
 
+    Windows lie on the recipe's time grid (:meth:`StreamRates.time_grid`), the same grid the
+    training segments lie on, so a window sees the rows of every stream that training would.
+
     Raises:
-        UserError: a length off the 0.5 s grid, or a prompt not shorter than the window.
+        UserError: a length off the time grid, or a prompt not shorter than the window.
     """
-    grid = 1.0 / math.gcd(int(config.visual_fps), int(config.motion_fps)) if config.use_motion else 1.0 / config.visual_fps
+    rates = recipe.rates
+    codes_per_step = rates.code_rate // rates.grid_rate
     window_seconds = params.window_seconds or recipe.segment_seconds
-    window_steps = _grid_steps(window_seconds, "generate.window_seconds", config.codes_rate, grid)
-    prompt_steps = _grid_steps(params.prompt_seconds, "generate.prompt_seconds", config.codes_rate, grid)
+    window_steps = rates.grid_steps(window_seconds, "generate.window_seconds") * codes_per_step
+    prompt_steps = (rates.grid_steps(params.prompt_seconds, "generate.prompt_seconds") * codes_per_step
+                    if params.prompt_seconds > 0 else 0)
     if prompt_steps >= window_steps:
         raise UserError(f"generate.prompt_seconds ({params.prompt_seconds}) must be shorter than the window "
                         f"({window_seconds} s)")
     return window_steps, prompt_steps
 
 
-def check_model_folder(model_dir: Path | str, params: GenerateParams | None = None) -> FeatureRecipe:
+def check_model_folder(model_dir: Path | str, params: GenerateParams | None = None
+                       ) -> tuple[FeatureRecipe, V2MConfig]:
     """Fail fast, before loading any weights: the folder, its recipe, its config and (given params) the windowing.
 
     Returns:
-        The folder's feature recipe.
+        The folder's feature recipe and its parsed model config.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -165,20 +171,12 @@ def check_model_folder(model_dir: Path | str, params: GenerateParams | None = No
                         "models/v2m, or pass --model DIR")
     recipe = read_recipe(model_dir)
     try:
-        config = V2MConfig.from_dict(json.loads((model_dir / CONFIG_FILE).read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"{model_dir / CONFIG_FILE}: not a V2M model config ({exc})") from None
+        config = V2MConfig.from_folder(model_dir)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
     if params is not None:
-        window_steps_of(params, config, recipe)
-    return recipe
-
-
-def _grid_steps(seconds: float, name: str, codes_rate: float, grid: float) -> int:
-    steps = seconds / grid
-    if abs(steps - round(steps)) > 1e-6:
-        raise UserError(f"{name} = {seconds} s must be a multiple of {grid} s (where the frame, flow and code "
-                        "rates line up)")
-    return int(round(steps * grid * codes_rate))
+        window_steps_of(params, recipe)
+    return recipe, config
 
 
 def generate_music(generator: Generator, video: Path | str, params: GenerateParams, *, progress: bool = True,
@@ -196,7 +194,7 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
     seconds = check_video(video).duration
     model, config = generator.model, generator.model.config
     features = generator.recipe.features
-    window_steps, prompt_steps = window_steps_of(params, config, generator.recipe)
+    window_steps, prompt_steps = window_steps_of(params, generator.recipe)
     total_steps = int(round(seconds * config.codes_rate))
 
     extracted = extract_video(video, visual=features.clip, encoder=generator.clip,
@@ -291,11 +289,8 @@ GENERATED_STATUS = status_schema(pa.field("shard", pa.string()), pa.field("secon
 
 def split_clips(clip_dirs: dict[str, Path], split: SplitParams, which: str, max_clips: int = 0) -> list[tuple[str, Path]]:
     """``(shard, clip mp4)`` of every clip the clip stage finished in split ``which``, in shard order."""
-    chosen = []
-    for shard, folder in clip_dirs.items():
-        for video_id in ok_ids(folder):
-            if split_of(video_id, split.val_fraction, split.test_fraction, split.salt) == which:
-                chosen.append((shard, Path(folder) / f"{video_id}.mp4"))
+    chosen = [(shard, Path(folder) / f"{video_id}.mp4") for shard, folder in clip_dirs.items()
+              for video_id in ids_in(ok_ids(folder), split, which)]
     return chosen[:max_clips] if max_clips else chosen
 
 
@@ -311,13 +306,13 @@ def generate_set(generator: Generator, clips: list[tuple[str, Path]], out_dir: P
         for shard, clip in tqdm(clips, desc="generate", unit="clip", disable=not progress):
             video_id = clip.stem
             started = time.perf_counter()
-            row = {"video_id": video_id, "shard": shard, "status": OK, "error_class": None, "error_message": None}
             try:
                 music = score_video(generator, clip, temp / f"{video_id}.mp4", params, wav=temp / f"{video_id}.wav",
                                     progress=False)
-                row.update(seconds=music.seconds, windows=len(music.windows), gain_db=music.gain_db)
+                row = ok_row(video_id, shard=shard, seconds=music.seconds, windows=len(music.windows),
+                             gain_db=music.gain_db)
             except UserError as error:
-                row.update(status=FAILED, error_class=type(error).__name__, error_message=str(error))
+                row = failed_row(video_id, type(error).__name__, str(error), shard=shard)
                 log.warning("%s: %s", video_id, error)
             row["compute_seconds"] = time.perf_counter() - started
             rows.append(row)

@@ -17,7 +17,7 @@ import av
 import numpy as np
 import soundfile
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.files import atomic_path
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.files import atomic_path
 
 

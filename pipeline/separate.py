@@ -40,7 +40,7 @@ from pipeline.device import resolve_device
 from pipeline.files import atomic_path
 from pipeline.media import MediaError, read_wav, write_wav
 from pipeline.metrics import mono_resampled
-from pipeline.status import FAILED, OK, STATUS_FILE, ok_ids, status_schema, summary, write_status
+from pipeline.status import failed_row, ok_row, STATUS_FILE, ok_ids, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.separate")
 
@@ -360,12 +360,10 @@ def separate_shard(clips_dir: Path | str, out_dir: Path | str, params: SeparateP
                                       target_rate=target_rate, segment=params.segment, overlap=params.overlap,
                                       shifts=params.shifts, device=params.device)
             except (ValueError, RuntimeError, MediaError) as error:
-                rows.append({"video_id": video_id, "status": FAILED, "error_class": "separation_error",
-                             "error_message": f"{video_id}: {error}"})
+                rows.append(failed_row(video_id, "separation_error", f"{video_id}: {error}"))
                 continue
-            rows.append({"video_id": video_id, "status": OK, "error_class": None, "error_message": None,
-                         "seconds": facts["seconds"], "samples": facts["output_samples"],
-                         "realtime_factor": facts["realtime_factor"]})
+            rows.append(ok_row(video_id, seconds=facts["seconds"], samples=facts["output_samples"],
+                               realtime_factor=facts["realtime_factor"]))
         write_status(temp / STATUS_FILE, rows, SEPARATE_STATUS)
     log.info("separate %s: %s", clips_dir.name, summary(rows))
     return rows

@@ -32,6 +32,17 @@ def status_schema(*extra: pa.Field) -> pa.Schema:
     return pa.schema(BASE_FIELDS + list(extra))
 
 
+def ok_row(video_id: str, **columns) -> dict:
+    """A finished video's row: the common columns (``ok``, no error) and the stage's own ``columns``."""
+    return {"video_id": video_id, "status": OK, "error_class": None, "error_message": None, **columns}
+
+
+def failed_row(video_id: str, error_class: str, message: str, **columns) -> dict:
+    """A failed video's row: ``error_class`` (short, machine-readable), ``message`` (one line naming the
+    input and the reason) and the stage's own ``columns``."""
+    return {"video_id": video_id, "status": FAILED, "error_class": error_class, "error_message": message, **columns}
+
+
 def write_status(path: Path | str, rows: Iterable[dict], schema: pa.Schema) -> Path:
     """Write a status table atomically; rows are sorted by video_id so reruns compare equal."""
     table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["video_id"]), schema=schema)

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from pipeline.acquire.clip import clip_shard
-from pipeline.cli import user_errors
+from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.status import summary
 

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from pipeline.cli import user_errors
+from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.features.codec import load_codec
 from pipeline.features.extract import codes_table, write_feature_status

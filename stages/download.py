@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.acquire.download import download_shard
 from pipeline.acquire.manifest import shard_path
-from pipeline.cli import user_errors
+from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.status import summary
 

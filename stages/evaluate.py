@@ -4,7 +4,7 @@
 import logging
 from pathlib import Path
 
-from pipeline.cli import user_errors
+from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.media import read_wav
 from pipeline.metrics.evaluate import evaluate_dirs, wav_files_of, write_results

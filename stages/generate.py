@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from pipeline.cli import user_errors
+from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.generate import Generator, generate_set, split_clips
 from pipeline.status import summary

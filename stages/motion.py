@@ -4,7 +4,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.cli import user_errors
+from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.features.extract import clip_inputs, extract_tables, write_feature_status
 from pipeline.status import summary

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.cli import user_errors
+from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.features.codec import is_random_codec
 from pipeline.features.recipe import read_recipe

@@ -4,7 +4,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.cli import user_errors
+from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.separate import separate_shard
 from pipeline.status import summary

@@ -2,7 +2,7 @@
 
 import logging
 
-from pipeline.cli import user_errors
+from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.train.experiment import run_training
 

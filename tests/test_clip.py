@@ -83,7 +83,8 @@ def test_short_clip_message_names_the_lengths(tmp_path):
 
 
 def test_clip_params_cross_check():
-    from pipeline.config import ParamsError, build
+    from pipeline.config import build
+    from pipeline.errors import ParamsError
 
     with pytest.raises(ParamsError, match="clip.min_seconds: must be <= clip.seconds"):
         build(ClipParams, {"seconds": 5.0, "min_seconds": 6.0}, prefix="clip")

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from transformers import (EncodecModel, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
                           T5Config)
 
-from pipeline.config import SampleParams, UserError
+from pipeline.config import SampleParams
+from pipeline.errors import UserError
 from pipeline.features import codec
 from pipeline.synth.music import render_stems
 from pipeline.synth.spec import sample_clip_spec

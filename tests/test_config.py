@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from pipeline import cli
-from pipeline.config import ParamsError, SampleParams, load_params
+from pipeline.config import SampleParams, load_params
+from pipeline.errors import ParamsError
 
 from conftest import REPO
 

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pytest
 
 from pipeline import media
-from pipeline.config import FlowFeatureParams, SampleParams
+from pipeline.config import FlowFeatureParams, SampleParams, SplitParams
 from pipeline.features.motion import dequantize, flow_kwargs, flow_magnitudes, quantize
 from pipeline.features.store import FeatureReader, FeatureShard, ShardWriter, tensor_column
-from pipeline.split import assign, split_of
+from pipeline.split import assign, ids_in, split_of
 from pipeline.synth.scene import render_frames
 from pipeline.synth.spec import sample_clip_spec
 
@@ -126,12 +126,14 @@ def test_killed_writer_leaves_no_file(tmp_path):
 
 def test_split_is_stable_and_near_the_fractions():
     ids = [f"id{i:09d}" for i in range(4000)]
-    groups = assign(ids, 0.15, 0.15)
+    fifteen = SplitParams(val_fraction=0.15, test_fraction=0.15)
+    groups = assign(ids, fifteen)
     assert abs(len(groups["test"]) / 4000 - 0.15) < 0.03 and abs(len(groups["val"]) / 4000 - 0.15) < 0.03
-    assert split_of("abcdefghijk", 0.15, 0.15) == split_of("abcdefghijk", 0.15, 0.15)
+    assert split_of("abcdefghijk", fifteen) == split_of("abcdefghijk", fifteen)
     # Adding ids never moves the old ones.
-    assert assign(ids[:100], 0.15, 0.15)["test"] == [i for i in groups["test"] if int(i[2:]) < 100]
-    assert split_of("abcdefghijk", 0.0, 0.0) == "train"
+    assert assign(ids[:100], fifteen)["test"] == [i for i in groups["test"] if int(i[2:]) < 100]
+    assert split_of("abcdefghijk", SplitParams(val_fraction=0.0, test_fraction=0.0)) == "train"
+    assert ids_in(ids, fifteen, "test") == groups["test"] and ids_in(ids, fifteen, "train") == groups["train"]
 
 
 def test_broken_or_short_clips_give_status_rows_and_the_rest_goes_on(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.media import write_wav
 from pipeline.metrics import chroma, fad, vggish
 from pipeline.metrics.evaluate import ROW_SCHEMA, EvaluationError, evaluate_pairs, write_results

@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import MusicgenConfig, MusicgenForConditionalGeneration, T5Config
 
-from pipeline.config import ModelParams, UserError
+from pipeline.config import ModelParams
+from pipeline.errors import UserError
+from pipeline.features.recipe import StreamRates
 from pipeline.features import codec
 from pipeline.model import (PARTS, CrossAttentionFusion, MotionEncoder, V2MConfig, V2MModel, VisualEncoder,
                             apply_delay, build_model, codebook_cross_entropy, generate, generate_codes,
@@ -20,6 +22,11 @@ from pipeline.model.sampling import guide
 
 K, C, PAD = 4, 2048, 2048
 SIZE, PATCH = 64, 16  # small motion maps keep the tests fast
+
+
+def rates(flow_size: int) -> StreamRates:
+    """The default stream rates, with flow maps of side ``flow_size``."""
+    return StreamRates(visual_fps=2, flow_fps=4, code_rate=50, flow_size=flow_size)
 
 
 def video(batch: int, seconds: int = 1, seed: int = 0, size: int = SIZE):
@@ -177,7 +184,7 @@ def test_gradients_reach_every_trainable_part():
 
 
 def test_frozen_decoder_gets_no_gradient():
-    m = build_model(ModelParams(size="tiny", train_decoder=False), motion_size=SIZE).train()
+    m = build_model(ModelParams(size="tiny", train_decoder=False), rates(SIZE)).train()
     assert all(not p.requires_grad for p in m.decoder.parameters())
     counts = m.param_counts()
     assert counts["trainable"] == counts["total"] - counts["decoder"]
@@ -189,24 +196,24 @@ def test_frozen_decoder_gets_no_gradient():
 
 
 def test_the_ablation_shares_the_initial_weights_of_every_common_part():
-    with_motion = build_model(ModelParams(size="tiny", seed=5), motion_size=SIZE).state_dict()
-    without = build_model(ModelParams(size="tiny", seed=5, use_motion=False), motion_size=SIZE).state_dict()
+    with_motion = build_model(ModelParams(size="tiny", seed=5), rates(SIZE)).state_dict()
+    without = build_model(ModelParams(size="tiny", seed=5, use_motion=False), rates(SIZE)).state_dict()
     assert set(without) < set(with_motion)
     assert all(torch.equal(without[k], with_motion[k]) for k in without)
 
 
 def test_build_model_is_seeded_and_leaves_the_global_rng():
     state = torch.random.get_rng_state()
-    a = build_model(ModelParams(size="tiny", seed=3), motion_size=SIZE)
+    a = build_model(ModelParams(size="tiny", seed=3), rates(SIZE))
     assert torch.equal(torch.random.get_rng_state(), state)
-    b = build_model(ModelParams(size="tiny", seed=3), motion_size=SIZE)
-    c = build_model(ModelParams(size="tiny", seed=4), motion_size=SIZE)
+    b = build_model(ModelParams(size="tiny", seed=3), rates(SIZE))
+    c = build_model(ModelParams(size="tiny", seed=4), rates(SIZE))
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["projection.weight"], sc["projection.weight"])
     assert a.config.motion_size == SIZE and a.config.tokens_per_frame == 2
     with pytest.raises(UserError, match="not a multiple of motion_patch"):
-        build_model(ModelParams(size="tiny"), motion_size=100)
+        build_model(ModelParams(size="tiny"), rates(100))
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -296,11 +303,11 @@ def _save_composite(folder, decoder_dim: int = 128) -> MusicgenForConditionalGen
 def test_pretrained_decoder_weights_arrive(tmp_path):
     composite = _save_composite(tmp_path / "musicgen")
     assert json.loads((tmp_path / "musicgen" / "config.json").read_text())["model_type"] == "musicgen"
-    m = build_model(ModelParams(size="tiny", pretrained_decoder=str(tmp_path / "musicgen")), motion_size=SIZE)
+    m = build_model(ModelParams(size="tiny", pretrained_decoder=str(tmp_path / "musicgen")), rates(SIZE))
     theirs, ours = composite.decoder.state_dict(), m.decoder.state_dict()
     assert theirs.keys() == ours.keys()
     assert all(torch.equal(theirs[k], ours[k]) for k in ours)
-    fresh = build_model(ModelParams(size="tiny"), motion_size=SIZE).decoder.state_dict()
+    fresh = build_model(ModelParams(size="tiny"), rates(SIZE)).decoder.state_dict()
     assert not torch.equal(fresh["lm_heads.0.weight"], ours["lm_heads.0.weight"])
 
 

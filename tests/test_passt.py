@@ -13,7 +13,7 @@ import pytest
 import scipy.signal
 import torch
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.metrics import kld
 from pipeline.metrics.passt import (
     CHECKPOINT_FILE, MelFrontEnd, PaSST, PasstCheckpointError, PasstCheckpointMissing, frame_count,

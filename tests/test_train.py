@@ -20,12 +20,13 @@ import torch
 
 from pipeline.config import FeaturesParams, ModelParams, SplitParams, TrainParams
 from pipeline.features.motion import dequantize
+from pipeline.features.recipe import StreamRates
 from pipeline.features.store import ShardWriter, tensor_column
 from pipeline.model.builder import tiny_config
 from pipeline.model.v2m import V2MModel
 from pipeline.train import (EMA, SegmentDataset, checkpoints, derangement_of_segments, held_out_ce, lr_factor,
                             make_loader, make_scheduler, parameter_groups, train)
-from pipeline.train.experiment import code_fingerprint, data_fingerprint, run_key
+from pipeline.train.experiment import code_fingerprint, data_fingerprint, run_identity, run_key
 
 SIZE, K, CLASSES, SUBSET = 64, 4, 4, 16
 TRAIN_IDS = [f"train{i:02d}" for i in range(8)]
@@ -67,10 +68,19 @@ def shards(tmp_path_factory):
     return {"paths": paths, "raw": raw, "labels": labels}
 
 
-def dataset(shards, ids, *, train, seconds=2.0, seed=0, **kwargs):
+def dataset(shards, ids, *, train, seconds=2.0, seed=0, rates=None, **kwargs):
     p = shards["paths"]
     return SegmentDataset([p["clip"]], [p["flow"]], [p["codes"]], ids, segment_seconds=seconds, train=train,
-                          seed=seed, **kwargs)
+                          seed=seed, rates=rates or RATES, **kwargs)
+
+
+RATES = StreamRates(visual_fps=2, flow_fps=4, code_rate=50, flow_size=SIZE)
+
+
+def identity_of(train_params: TrainParams) -> dict:
+    """A run identity as the experiment makes it, for runs of ``train_params`` on the test cache."""
+    return run_identity(ModelParams(size="tiny"), train_params, FeaturesParams(), SplitParams(), ["test"],
+                        "test data", "test code")
 
 
 def tiny_model(seed=0, **overrides):
@@ -154,7 +164,7 @@ def test_training_starts_are_reproducible_and_workers_give_the_same_batches(shar
 def test_without_motion_the_flow_table_is_never_opened(shards, tmp_path):
     p = shards["paths"]
     data = SegmentDataset([p["clip"]], [tmp_path / "missing.parquet"], [p["codes"]], VAL_IDS, segment_seconds=2,
-                          train=False, use_motion=False)
+                          train=False, rates=RATES, use_motion=False)
     batch = next(iter(make_loader(data, 4, shuffle=False)))
     assert batch["motion"] is None and batch["visual"].shape == (4, 4, 50, 768)
     model = tiny_model(use_motion=False)
@@ -167,11 +177,11 @@ def test_the_feature_rates_reach_the_datasets_and_the_model(shards):
     from pipeline.train.experiment import segment_sets
 
     paths = {t: [shards["paths"][t]] for t in ("clip", "flow", "codes")}
-    sets = segment_sets(paths, SplitParams(val_fraction=0.3, test_fraction=0.0), 2.0, 0, True,
-                        visual_fps=1, flow_fps=2)
+    rates = StreamRates(visual_fps=1, flow_fps=2, code_rate=50, flow_size=SIZE)
+    sets = segment_sets(paths, SplitParams(val_fraction=0.3, test_fraction=0.0), 2.0, 0, True, rates)
     item = sets["held_out"][0]
     assert item["visual"].shape[0] == 2 and item["motion"].shape[0] == 4 and item["codes"].shape[1] == 100
-    config = model_config(ModelParams(size="tiny"), SIZE, visual_fps=1, motion_fps=2)
+    config = model_config(ModelParams(size="tiny"), rates)
     assert (config.visual_fps, config.motion_fps) == (1.0, 2.0)
 
 
@@ -191,11 +201,15 @@ def test_a_rebuilt_feature_cache_or_new_code_gets_a_new_run_key(shards, tmp_path
     settings = (ModelParams(size="tiny"), TrainParams(), FeaturesParams(), SplitParams(), ["s0000"])
     code = code_fingerprint()
     assert code == code_fingerprint() and len(code) == 64
-    assert run_key(*settings, fingerprint, code) == run_key(*settings, fingerprint, code)
-    assert run_key(*settings, rebuilt, code) != run_key(*settings, fingerprint, code)
-    assert run_key(*settings, fingerprint, "other code") != run_key(*settings, fingerprint, code)
-    assert run_key(ModelParams(size="tiny"), TrainParams(), FeaturesParams(), SplitParams(val_fraction=0.3),
-                   ["s0000"], fingerprint, code) != run_key(*settings, fingerprint, code)
+
+    def key(*args):
+        return run_key(run_identity(*args))
+
+    assert key(*settings, fingerprint, code) == key(*settings, fingerprint, code)
+    assert key(*settings, rebuilt, code) != key(*settings, fingerprint, code)
+    assert key(*settings, fingerprint, "other code") != key(*settings, fingerprint, code)
+    assert key(ModelParams(size="tiny"), TrainParams(), FeaturesParams(), SplitParams(val_fraction=0.3),
+               ["s0000"], fingerprint, code) != key(*settings, fingerprint, code)
 
 
 def test_derangement_moves_every_segment_to_another_video():
@@ -303,7 +317,7 @@ def test_training_learns_logs_to_dvclive_and_exports_the_best_ema_weights(shards
             seen[n].append(info["model"].get_parameter(n).detach().clone())
 
     p = params()
-    summary = train(model, train_set, val_set, p, work_dir=tmp_path / "work", live_dir=tmp_path / "live",
+    summary = train(model, train_set, val_set, p, identity=identity_of(p), work_dir=tmp_path / "work", live_dir=tmp_path / "live",
                     export_dir=tmp_path / "model", progress=False, callback=record)
     assert summary["steps"] == 40 and summary["resumed_from"] == 0 and summary["tokens_per_s"] > 0
     assert summary["best_val_loss"] < before - 2.0          # from ln 2048 = 7.6 towards ln 16 = 2.8
@@ -354,7 +368,8 @@ def test_a_killed_run_resumes_to_the_same_result(shards, tmp_path):
     config = dict(condition_dropout=0.5)
 
     def run(folder, callback=None, p=p):
-        return train(tiny_model(**config), train_set, val_set, p, work_dir=folder / "work", live_dir=folder / "live",
+        return train(tiny_model(**config), train_set, val_set, p, identity=identity_of(p),
+                     work_dir=folder / "work", live_dir=folder / "live",
                      export_dir=folder / "model", progress=False, callback=callback)
 
     whole = run(tmp_path / "a")
@@ -389,3 +404,66 @@ def test_a_killed_run_resumes_to_the_same_result(shards, tmp_path):
     # other params: the old checkpoints are stale, never resumed
     other = run(tmp_path / "b", p=params(**{**p.__dict__, "lr": 1e-3, "max_steps": 2, "checkpoint_every": 100}))
     assert other["resumed_from"] == 0 and [c.name for c in checkpoints(tmp_path / "b" / "work")] == ["step_00000002"]
+
+
+def test_the_run_identity_holds_what_the_run_learns_and_nothing_else(shards, tmp_path):
+    """One definition of a run: watching keys resume the same run, learning keys start a new one."""
+    base = run_identity(ModelParams(size="tiny"), TrainParams(), FeaturesParams(), SplitParams(), ["s0000"], "d", "c")
+    for watching in ({"log_every": 3}, {"checkpoint_every": 7}, {"num_workers": 2}):
+        same = run_identity(ModelParams(size="tiny"), TrainParams(**watching), FeaturesParams(), SplitParams(),
+                            ["s0000"], "d", "c")
+        assert run_key(same) == run_key(base), watching
+    for learning in ({"lr": 2e-3}, {"batch_size": 4}, {"max_steps": 301}, {"eval_every": 25}, {"seed": 1}):
+        other = run_identity(ModelParams(size="tiny"), TrainParams(**learning), FeaturesParams(), SplitParams(),
+                             ["s0000"], "d", "c")
+        assert run_key(other) != run_key(base), learning
+    assert run_key(run_identity(ModelParams(size="tiny", use_motion=False), TrainParams(), FeaturesParams(),
+                                SplitParams(), ["s0000"], "d", "c")) != run_key(base)
+    assert json.loads(json.dumps(base)) == base          # compares equal to itself read back from run.json
+
+    # the loop keeps the checkpoints of the same identity whatever log_every is, and drops another's
+    train_set, val_set = dataset(shards, TRAIN_IDS, train=True), dataset(shards, VAL_IDS, train=False)
+    p = params(max_steps=4, checkpoint_every=2, eval_every=2, log_every=1)
+
+    def run(q):
+        return train(tiny_model(), train_set, val_set, q, identity=identity_of(q), work_dir=tmp_path / "work",
+                     live_dir=tmp_path / "live", export_dir=tmp_path / "model", progress=False)
+
+    run(p)
+    assert run(params(**{**p.__dict__, "log_every": 2}))["resumed_from"] == 4
+    assert run(params(**{**p.__dict__, "lr": 1e-4}))["resumed_from"] == 0
+
+
+def test_train_segments_and_generate_windows_lie_on_one_time_grid(shards):
+    """Changing features.clip.fps / features.flow.fps moves training starts and generation windows together."""
+    from pipeline.config import FlowFeatureParams, GenerateParams, VisualFeatureParams
+    from pipeline.errors import UserError
+    from pipeline.features.recipe import FeatureRecipe
+    from pipeline.generate import window_steps_of
+
+    for clip_fps, flow_fps in ((2, 4), (4, 8), (1, 3), (5, 4)):
+        features = FeaturesParams(clip=VisualFeatureParams(fps=clip_fps), flow=FlowFeatureParams(fps=flow_fps, size=SIZE))
+        rates = StreamRates.of(features)
+        recipe = FeatureRecipe(features, segment_seconds=2.0)
+        for seconds in (0.2, 0.25, 0.5, 1.0, 2.0):
+            try:
+                steps = rates.grid_steps(seconds, "x")
+            except UserError:
+                steps = None
+            try:
+                data = dataset(shards, VAL_IDS, train=False, seconds=seconds, rates=rates)
+            except UserError:
+                data = None
+            try:
+                window, _ = window_steps_of(GenerateParams(window_seconds=seconds, prompt_seconds=0.0), recipe)
+            except UserError:
+                window = None
+            # both accept exactly the lengths on the grid, and agree on the code frames in them
+            assert (data is None) == (window is None) == (steps is None), (clip_fps, flow_fps, seconds)
+            if data is not None:
+                assert data.grid_rate == rates.grid_rate and data.frames["codes"] == window
+                assert window == round(seconds * 50)
+        # the grid is where all three streams start on a whole row
+        grid = rates.time_grid()
+        assert all(abs(grid * r - round(grid * r)) < 1e-9 for r in (clip_fps, flow_fps, 50))
+    assert StreamRates.of(FeaturesParams(clip=VisualFeatureParams(fps=4), flow=FlowFeatureParams(fps=8))).time_grid() == 0.5

@@ -12,7 +12,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.features.visual import (CLIP_MEAN, CLIP_STD, HUB_ID, RANDOM_MARKER, VIT_B32, ClipEncoder, encode_frames,
                                       load_clip, preprocess, random_clip, save_random_clip)
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline import media
 from pipeline.config import ClipParams
 from pipeline.files import atomic_path
-from pipeline.status import FAILED, OK, STATUS_FILE, read_status, status_schema, summary, write_status
+from pipeline.status import OK, failed_row, ok_row, STATUS_FILE, read_status, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.clip")
 
@@ -36,7 +36,7 @@ STATUS_SCHEMA = status_schema(
 
 
 def failed(video_id: str, error_class: str, message: str) -> dict:
-    return {"video_id": video_id, "status": FAILED, "error_class": error_class, "error_message": message}
+    return failed_row(video_id, error_class, message)
 
 
 def clip_one(source: Path, out_dir: Path, video_id: str, params: ClipParams) -> dict:
@@ -70,9 +70,8 @@ def clip_one(source: Path, out_dir: Path, video_id: str, params: ClipParams) -> 
     media.write_wav(out_dir / f"{video_id}.32k.wav", mono[:, : round(seconds * params.target_rate)],
                     params.target_rate)
     out = media.probe(clip)
-    return {"video_id": video_id, "status": OK, "error_class": None, "error_message": None,
-            "seconds": seconds, "video_frames": out.video_frames, "width": out.width, "height": out.height,
-            "source_duration": info.duration}
+    return ok_row(video_id, seconds=seconds, video_frames=out.video_frames, width=out.width, height=out.height,
+                  source_duration=info.duration)
 
 
 def clip_shard(raw_dir: Path | str, out_dir: Path | str, params: ClipParams, workers: int = 2,

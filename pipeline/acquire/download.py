@@ -40,7 +40,7 @@ from pipeline.acquire.manifest import ManifestEntry, read_manifest
 from pipeline.acquire.proxies import ProxyPool, read_proxy_list
 from pipeline.config import DownloadParams
 from pipeline.files import atomic_path, file_sha256
-from pipeline.status import FAILED, OK, STATUS_FILE, status_schema, summary, write_status
+from pipeline.status import OK, failed_row, ok_row, STATUS_FILE, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.download")
 
@@ -239,11 +239,10 @@ class ShardDownloader:
             if attempt < self.params.max_attempts:
                 backoff = min(self.params.backoff_max, self.params.backoff_base * 2 ** (attempt - 1))
                 self.sleep(backoff * random.uniform(0.5, 1.0))
-        return {"video_id": entry.video_id, "status": FAILED, "error_class": last_class,
-                "error_message": last_message if last_class in PERMANENT
-                else f"{last_message} (gave up after {attempt} attempts)",
-                "attempts": attempt, "proxy": proxy_label, "bytes": None, "sha256": None, "duration": None,
-                "fetched_at": _now(), "ytdlp_version": yt_dlp.version.__version__, "file": None}
+        return failed_row(entry.video_id, last_class,
+                          last_message if last_class in PERMANENT else f"{last_message} (gave up after {attempt} attempts)",
+                          attempts=attempt, proxy=proxy_label, bytes=None, sha256=None, duration=None,
+                          fetched_at=_now(), ytdlp_version=yt_dlp.version.__version__, file=None)
 
     def _commit(self, entry: ManifestEntry, work: Path, attempt: int, proxy_label: str | None) -> dict:
         """Move a finished download into the scratch cache; the JSON record written last marks it done."""
@@ -258,10 +257,9 @@ class ShardDownloader:
         self.done_dir.mkdir(parents=True, exist_ok=True)
         name = f"{entry.video_id}{produced.suffix}"
         os.replace(produced, self.done_dir / name)
-        row = {"video_id": entry.video_id, "status": OK, "error_class": None, "error_message": None,
-               "attempts": attempt, "proxy": proxy_label, "bytes": (self.done_dir / name).stat().st_size,
-               "sha256": digest, "duration": duration, "fetched_at": _now(),
-               "ytdlp_version": yt_dlp.version.__version__, "file": name}
+        row = ok_row(entry.video_id, attempts=attempt, proxy=proxy_label, bytes=(self.done_dir / name).stat().st_size,
+                     sha256=digest, duration=duration, fetched_at=_now(), ytdlp_version=yt_dlp.version.__version__,
+                     file=name)
         with atomic_path(self.done_dir / f"{entry.video_id}.json") as temp:
             temp.write_text(json.dumps({"row": row, "request": self.request(entry)}))
         return row

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from pipeline.config import ParamsError, UserError
+from pipeline.errors import ParamsError, UserError
 from pipeline.files import atomic_path, content_lines
 
 VIDEO_ID = re.compile(r"[A-Za-z0-9_-]{11}")

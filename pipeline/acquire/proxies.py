@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.files import content_lines
 
 SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")

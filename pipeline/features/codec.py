@@ -27,6 +27,7 @@ from huggingface_hub import constants as hub_constants
 from transformers import EncodecConfig, EncodecModel
 
 from pipeline.checkpoints import load_part, local_checkpoint
+from pipeline.config import CodecCalibrationParams
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
 
@@ -340,3 +341,12 @@ def save_calibrated_random_codec(folder: Path | str, audios: Sequence[np.ndarray
     with atomic_path(folder) as temp:
         model.save_pretrained(temp)
     return stats
+
+
+def calibrate_embedded_codec(folder: Path | str, audios: Sequence[np.ndarray],
+                             calibration: CodecCalibrationParams) -> dict:
+    """The embedded default's codec from ``features.codes.calibration``: what the codec_init stage and the
+    learning benchmark both call. ``audios``: float32 ``[1, S_i]`` train-split clips at 32 kHz."""
+    return save_calibrated_random_codec(folder, audios, seed=calibration.seed, init_frames=calibration.init_frames,
+                                        iterations=calibration.iterations,
+                                        min_frames_per_entry=calibration.min_frames_per_entry)

@@ -31,7 +31,7 @@ from pipeline.features import codec as codec_lib
 from pipeline.features.motion import dequantize, flow_kwargs, flow_magnitudes, quantize
 from pipeline.features.store import ShardWriter, tensor_column
 from pipeline.features.visual import HIDDEN_STATE, ClipEncoder, encode_frames, preprocess
-from pipeline.status import FAILED, OK, read_status, status_schema, summary, write_status
+from pipeline.status import OK, failed_row, ok_row, read_status, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.features")
 
@@ -142,8 +142,7 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
                     "frame": np.arange(n, dtype=np.int32), "time": np.arange(n, dtype=np.float32) / flow.fps,
                     "magnitude": tensor_column(q), "scale": scale})
                 count = count or n
-            rows.append({"video_id": item.clip.video_id, "status": OK, "error_class": None,
-                         "error_message": None, "rows": count})
+            rows.append(ok_row(item.clip.video_id, rows=count))
             bar.update(1)
 
     try:
@@ -153,8 +152,7 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
         while True:
             item = decoded.get()
             if item is not None and item.error is not None:
-                rows.append({"video_id": item.clip.video_id, "status": FAILED, "error_class": "unreadable",
-                             "error_message": item.error, "rows": 0})
+                rows.append(failed_row(item.clip.video_id, "unreadable", item.error, rows=0))
                 bar.update(1)
                 continue
             if item is not None:
@@ -239,14 +237,12 @@ def codes_table(video_ids: Iterable[str], audio_dir: Path, out: Path, params: Co
                                            f"the codec takes mono {model.config.sampling_rate} Hz")
                 codes = codec_lib.encode(model, audio, bandwidth=params.bandwidth)   # [K, T]
             except media.MediaError as error:
-                rows.append({"video_id": video_id, "status": FAILED, "error_class": "unreadable",
-                             "error_message": str(error), "rows": 0})
+                rows.append(failed_row(video_id, "unreadable", str(error), rows=0))
                 continue
             n_codebooks = codes.shape[0]
             writer.write_clip(video_id, {"frame": np.arange(codes.shape[1], dtype=np.int32),
                                          "codes": tensor_column(np.ascontiguousarray(codes.T))})
-            rows.append({"video_id": video_id, "status": OK, "error_class": None, "error_message": None,
-                         "rows": int(codes.shape[1])})
+            rows.append(ok_row(video_id, rows=int(codes.shape[1])))
     log.info("%s: %s (K=%s)", desc, summary(rows), n_codebooks)
     return rows
 

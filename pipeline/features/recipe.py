@@ -10,12 +10,67 @@ folder, and ``v2m generate`` / the generate stage read it, so generation needs o
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
-from pipeline.config import FeaturesParams, UserError, as_dict, build
+from pipeline.config import FeaturesParams, as_dict, build
+from pipeline.errors import UserError
 
 RECIPE_FILE = "features.json"
+# MusicGen's EnCodec 32 kHz: a 640-sample hop, 50 code frames per second. The codec loader checks
+# that the codec it loads has this rate, so this is the one place the code rate is written.
+CODE_RATE = 50
+
+
+@dataclass(frozen=True)
+class StreamRates:
+    """Rows per second of the three cached streams, and the flow maps' side: the one owner of the
+    feature cache's time layout. The model builder, the segment dataset, the training experiment
+    and ``v2m generate`` all take this object (made by :meth:`of` from the features params section
+    or the recipe stored beside a model), never loose rates with defaults of their own.
+
+    ``visual_fps``: CLIP frames per second; ``flow_fps``: flow maps per second; ``code_rate``: codec
+    frames per second; ``flow_size``: the flow maps' side ``S`` in pixels.
+    """
+
+    visual_fps: int
+    flow_fps: int
+    code_rate: int
+    flow_size: int
+
+    @classmethod
+    def of(cls, features: FeaturesParams) -> "StreamRates":
+        return cls(visual_fps=int(features.clip.fps), flow_fps=int(features.flow.fps), code_rate=CODE_RATE,
+                   flow_size=int(features.flow.size))
+
+    def per_second(self) -> dict[str, int]:
+        """``{table: rows per second}`` for the ``clip``, ``flow`` and ``codes`` tables."""
+        return {"clip": self.visual_fps, "flow": self.flow_fps, "codes": self.code_rate}
+
+    @property
+    def grid_rate(self) -> int:
+        """Steps per second of the time grid: the gcd of the three rates (2 for 2, 4 and 50)."""
+        return math.gcd(self.visual_fps, self.flow_fps, self.code_rate)
+
+    def time_grid(self) -> float:
+        """The common time step of the three streams in seconds (0.5 s for 2 fps, 4 fps and 50 Hz):
+        training segments and generation windows start and end on it, so every stream's rows line up."""
+        return 1.0 / self.grid_rate
+
+    def grid_steps(self, seconds: float, name: str) -> int:
+        """``seconds`` in grid steps.
+
+        Raises:
+            UserError: ``seconds`` (the value of the param ``name``) is not a positive multiple of the grid.
+        """
+        steps = Fraction(float(seconds)).limit_denominator(10_000) * self.grid_rate
+        if steps.denominator != 1 or steps <= 0:
+            rates = ", ".join(f"{r}/s" for r in self.per_second().values())
+            raise UserError(f"{name} must be a positive multiple of {self.time_grid():g} s (the grid on which "
+                            f"{rates} align), got {seconds}")
+        return int(steps)
 
 
 @dataclass(frozen=True)
@@ -25,6 +80,10 @@ class FeatureRecipe:
 
     features: FeaturesParams
     segment_seconds: float
+
+    @property
+    def rates(self) -> StreamRates:
+        return StreamRates.of(self.features)
 
     def to_json(self) -> str:
         return json.dumps({"features": as_dict(self.features), "segment_seconds": self.segment_seconds},
@@ -49,4 +108,4 @@ def read_recipe(model_dir: Path | str) -> FeatureRecipe:
         raise UserError(f"{path}: not a feature recipe ({exc})") from None
 
 
-__all__ = ["FeatureRecipe", "RECIPE_FILE", "read_recipe"]
+__all__ = ["CODE_RATE", "FeatureRecipe", "RECIPE_FILE", "StreamRates", "read_recipe"]

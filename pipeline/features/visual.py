@@ -26,7 +26,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
 

@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.config import EvaluateParams, UserError
+from pipeline.config import EvaluateParams
+from pipeline.errors import UserError
 from pipeline.files import atomic_path, file_sha256
 from pipeline.media import read_wav
 from pipeline.metrics import mono_resampled

@@ -93,7 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 SAMPLE_RATE = 32_000
 N_CLASSES = 527

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.files import atomic_path
 from pipeline.metrics import RESAMPLE_QUALITY, mono_resampled
 

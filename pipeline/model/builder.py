@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ModelParams, UserError
+from pipeline.config import ModelParams
+from pipeline.errors import UserError
+from pipeline.features.recipe import StreamRates
 from pipeline.model.v2m import V2MConfig, V2MModel, load_pretrained_decoder
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -53,26 +55,25 @@ def tiny_config(**overrides: Any) -> V2MConfig:
     return preset_config("tiny", **overrides)
 
 
-def model_config(params: ModelParams, motion_size: int = 224, visual_fps: float = 2.0,
-                 motion_fps: float = 4.0) -> V2MConfig:
-    """``ModelParams`` (+ the feature cache's ``features.flow.size``, ``features.clip.fps`` and
-    ``features.flow.fps``, which the encoders' temporal codes must match) -> :class:`V2MConfig`."""
+def model_config(params: ModelParams, rates: StreamRates) -> V2MConfig:
+    """``ModelParams`` + the feature cache's :class:`StreamRates` (the flow maps' side and the
+    streams' rates, which the encoders' input size and temporal codes must match) -> :class:`V2MConfig`."""
     try:
         return preset_config(params.size, use_motion=params.use_motion, tokens_per_frame=params.tokens_per_frame,
-                             condition_dropout=params.condition_dropout, motion_size=motion_size,
-                             visual_fps=float(visual_fps), motion_fps=float(motion_fps))
+                             condition_dropout=params.condition_dropout, motion_size=rates.flow_size,
+                             visual_fps=float(rates.visual_fps), motion_fps=float(rates.flow_fps),
+                             codes_rate=float(rates.code_rate))
     except ValueError as exc:
         raise UserError(f"model: {exc}") from None
 
 
-def build_model(params: ModelParams, motion_size: int = 224, visual_fps: float = 2.0,
-                motion_fps: float = 4.0) -> V2MModel:
+def build_model(params: ModelParams, rates: StreamRates) -> V2MModel:
     """A fresh model for training: seeded weights (``params.seed``), the pretrained decoder when
     ``params.pretrained_decoder`` names one, and a frozen decoder when ``params.train_decoder`` is false.
 
     The global RNG is left as it was.
     """
-    config = model_config(params, motion_size, visual_fps, motion_fps)
+    config = model_config(params, rates)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
         model = V2MModel(config)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from pipeline.device import evaluating
 from pipeline.model.v2m import V2MModel, apply_delay, delay_valid_mask, undo_delay
 
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -103,9 +104,7 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
     guided = cfg != 1.0
     cond = torch.cat([z, torch.zeros_like(z)]) if guided else z
     decoder = model.decoder
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         cache = None
         start = known + 1  # positions 0 .. known carry only the start step and prompt codes
         for position in range(start, total + k):
@@ -122,8 +121,6 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
                 callback(position, logits)
             tokens = sample_top_k(logits, top_k, temperature, generator)
             seq[:, :, position] = torch.where(forced[:, position], seq[:, :, position], tokens)
-    finally:
-        model.train(was_training)
     return undo_delay(seq)[:, :, known:]
 
 
@@ -148,12 +145,8 @@ def generate(model: V2MModel, visual: torch.Tensor, motion: torch.Tensor | None 
         long ``[B, K, steps]``.
     """
     config = model.config
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         z = model.condition(visual, motion)
-    finally:
-        model.train(was_training)
     if steps is None:
         steps = round(visual.shape[1] / config.visual_fps * config.codes_rate)
     return generate_codes(model, z, steps, **kwargs)

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
 from pipeline import checkpoints
-from pipeline.config import UserError
+from pipeline.errors import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
 from pipeline.model.encoders import CrossAttentionFusion, MotionEncoder, VisualEncoder
@@ -209,6 +209,24 @@ class V2MConfig:
         if unknown:
             raise ValueError(f"unknown V2MConfig keys {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+    @classmethod
+    def from_folder(cls, folder: Path | str) -> "V2MConfig":
+        """The config of a model folder (``folder/config.json``), parsed once.
+
+        Raises:
+            FileNotFoundError: ``folder/config.json`` is missing.
+            UserError: it is not a V2M model config (the message names the file).
+        """
+        path = Path(folder) / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file; a trained V2M model folder (config.json + "
+                                    "model.safetensors) comes from the train stage (`dvc repro train`), "
+                                    "which writes models/v2m")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise UserError(f"{path}: not a V2M model config ({exc})") from None
 
     def decoder_config(self) -> MusicgenDecoderConfig:
         """The ``MusicgenDecoderConfig`` of the decoder (musicgen-small's for the defaults)."""
@@ -416,20 +434,22 @@ class V2MModel(nn.Module):
         return Path(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: Path | str, device: str | torch.device = "cpu") -> "V2MModel":
+    def from_pretrained(cls, folder: Path | str, device: str | torch.device = "cpu",
+                        config: V2MConfig | None = None) -> "V2MModel":
         """Load a :meth:`save_pretrained` folder, in eval mode, on ``device`` (``auto`` = CUDA when present).
+
+        ``config``: the folder's :meth:`V2MConfig.from_folder`, when the caller has parsed it already.
 
         Raises:
             FileNotFoundError: ``folder/config.json`` or ``folder/model.safetensors`` is missing.
-            UserError: the weights do not match the config.
+            UserError: the config is malformed, or the weights do not match it.
         """
         folder = Path(folder)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name}: no such file; a trained V2M model folder (config.json + "
-                                        "model.safetensors) comes from the train stage (`dvc repro train`), "
-                                        "which writes models/v2m")
-        config = V2MConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+        config = config if config is not None else V2MConfig.from_folder(folder)
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{folder / WEIGHTS_FILE}: no such file; a trained V2M model folder (config.json + "
+                                    "model.safetensors) comes from the train stage (`dvc repro train`), "
+                                    "which writes models/v2m")
         device = resolve_device(device) if isinstance(device, str) else device
         model = cls(config)
         state = load_file(str(folder / WEIGHTS_FILE))

@@ -2,8 +2,8 @@
 
 A segment of ``L`` seconds starting at ``s`` is, for every stream, the rows
 ``[s * rate, (s + L) * rate)``: ``2L`` CLIP frames (2 fps), ``4L`` flow maps (4 fps) and ``50L``
-code frames (50 Hz). Starts lie on the grid ``1 / gcd(rates)`` seconds (0.5 s for 2, 4 and 50),
-the finest grid on which all three streams start on a whole row.
+code frames (50 Hz). Starts lie on the time grid of :class:`pipeline.features.recipe.StreamRates`
+(``1 / gcd(rates)`` seconds, 0.5 s for 2, 4 and 50), the grid ``v2m generate``'s windows lie on too.
 
 Training items draw one random start per clip and epoch from a generator seeded by
 ``(seed, epoch, clip index)``, so a run is reproducible whatever the worker count; evaluation
@@ -19,7 +19,6 @@ import contextlib
 import logging
 import math
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
@@ -27,8 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.config import UserError
+from pipeline.device import evaluating
+from pipeline.errors import UserError
 from pipeline.features.motion import dequantize
+from pipeline.features.recipe import StreamRates
 from pipeline.features.store import FeatureReader
 
 log = logging.getLogger("v2m.train")
@@ -41,11 +42,11 @@ class SegmentDataset(Dataset):
         clip_paths, flow_paths, codes_paths: the shards of each table (the listed ones, no glob);
             ``flow_paths`` is never opened when ``use_motion`` is false.
         video_ids: the clips to serve (e.g. one split), in this order.
-        segment_seconds: ``L``; a multiple of the start grid (0.5 s for the default rates).
+        segment_seconds: ``L``; a multiple of the time grid (``rates.time_grid()``: 0.5 s for the default rates).
         train: one random segment per clip per epoch (``len`` = clips) if true; every
             non-overlapping segment from 0 otherwise (``len`` = segments).
         seed: seed of the training starts.
-        visual_fps, flow_fps, code_rate: row rates of the three tables.
+        rates: the feature cache's :class:`StreamRates` (row rates of the three tables, the time grid).
         use_motion: read the flow table; items carry ``motion=None`` otherwise.
 
     Items are dicts: ``visual`` float32 ``[2L, 50, 768]``, ``motion`` float32 ``[4L, S, S]`` or
@@ -56,24 +57,17 @@ class SegmentDataset(Dataset):
 
     def __init__(self, clip_paths: Sequence[Path | str], flow_paths: Sequence[Path | str],
                  codes_paths: Sequence[Path | str], video_ids: Sequence[str], *, segment_seconds: float,
-                 train: bool, seed: int = 0, visual_fps: int = 2, flow_fps: int = 4, code_rate: int = 50,
-                 use_motion: bool = True):
+                 train: bool, rates: StreamRates, seed: int = 0, use_motion: bool = True):
         self.paths = {"clip": [Path(p) for p in clip_paths], "codes": [Path(p) for p in codes_paths]}
         if use_motion:
             self.paths["flow"] = [Path(p) for p in flow_paths]
-        self.rates = {"clip": int(visual_fps), "codes": int(code_rate)}
-        if use_motion:
-            self.rates["flow"] = int(flow_fps)
+        per_second = rates.per_second()
+        self.rates = {table: per_second[table] for table in self.paths}
         self.use_motion, self.train, self.seed = use_motion, train, int(seed)
         self.segment_seconds = float(segment_seconds)
-        # the start grid: 1/G seconds, G = gcd of the rates; every stream moves rate/G rows per step
-        self.grid_rate = math.gcd(*self.rates.values())
-        steps = Fraction(self.segment_seconds).limit_denominator(10_000) * self.grid_rate
-        if steps.denominator != 1 or steps <= 0:
-            raise UserError(f"train.segment_seconds must be a positive multiple of {1 / self.grid_rate:g} s "
-                            f"(the grid on which {', '.join(f'{r}/s' for r in self.rates.values())} align), "
-                            f"got {segment_seconds}")
-        self.segment_steps = int(steps)                       # L in grid steps
+        # starts lie on the time grid (1/G seconds); every stream moves rate/G rows per grid step
+        self.grid_rate = rates.grid_rate
+        self.segment_steps = rates.grid_steps(self.segment_seconds, "train.segment_seconds")   # L in grid steps
         self.frames = {t: int(round(self.segment_seconds * r)) for t, r in self.rates.items()}
 
         lengths = self._lengths(list(video_ids))
@@ -329,10 +323,8 @@ def ce_sums(model: torch.nn.Module, dataset: SegmentDataset, batch_size: int, *,
     if shuffle_video:
         source = derangement_of_segments([dataset.video_ids[c] for c, _ in dataset.segments], seed)
     device = device if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0.0
-    try:
+    with evaluating(model):
         for b in range(0, len(indices), batch_size):
             chunk = indices[b:b + batch_size]
             video = collate([dataset[int(source[i])] for i in chunk])
@@ -340,15 +332,13 @@ def ce_sums(model: torch.nn.Module, dataset: SegmentDataset, batch_size: int, *,
             if shuffle_video:
                 codes = torch.stack([dataset.read(*dataset.segments[i], parts=("codes",))["codes"] for i in chunk])
             visual = video["visual"].to(device)
-            motion = video["motion"].to(device) if video["motion"] is not None and _uses_motion(model) else None
+            motion = video["motion"].to(device) if video["motion"] is not None else None
             codes = codes.to(device)
             with autocast() if autocast is not None else contextlib.nullcontext():
                 out = model(visual, motion, codes)
             s, c = token_nll(out, codes)
             total += float(s)
             count += float(c)
-    finally:
-        model.train(was_training)
     return total, count
 
 
@@ -366,7 +356,3 @@ def held_out_ce(model: torch.nn.Module, dataset: SegmentDataset, batch_size: int
         raise UserError("no valid tokens in the held-out segments")
     return total / count
 
-
-def _uses_motion(model: torch.nn.Module) -> bool:
-    config = getattr(getattr(model, "module", model), "config", None)
-    return bool(getattr(config, "use_motion", True))

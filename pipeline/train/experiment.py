@@ -15,8 +15,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.config import FeaturesParams, ModelParams, SplitParams, TrainParams, UserError, as_dict
-from pipeline.features.recipe import RECIPE_FILE, FeatureRecipe
+from pipeline.config import FeaturesParams, ModelParams, SplitParams, TrainParams, as_dict
+from pipeline.errors import UserError
+from pipeline.features.recipe import RECIPE_FILE, FeatureRecipe, StreamRates
 from pipeline.features.store import FeatureShard
 from pipeline.files import atomic_path, file_sha256
 from pipeline.model.builder import build_model
@@ -48,10 +49,10 @@ def complete_ids(paths: dict[str, list[Path]], use_motion: bool = True) -> list[
 
 
 def segment_sets(paths: dict[str, list[Path]], split: SplitParams, segment_seconds: float, seed: int,
-                 use_motion: bool, visual_fps: int = 2, flow_fps: int = 4) -> dict[str, SegmentDataset]:
+                 use_motion: bool, rates: StreamRates) -> dict[str, SegmentDataset]:
     """``train`` (random segments) and ``val`` / ``held_out`` (val + test, fixed segments) datasets
-    (``visual_fps`` / ``flow_fps``: the rates the clip / flow tables were made at)."""
-    groups = assign(complete_ids(paths, use_motion), split.val_fraction, split.test_fraction, split.salt)
+    (``rates``: the feature cache's, which the tables were made at)."""
+    groups = assign(complete_ids(paths, use_motion), split)
     if not groups["train"]:
         raise UserError("no training clips: every clip with features fell in the val/test splits")
     if not groups["val"] + groups["test"]:
@@ -59,8 +60,7 @@ def segment_sets(paths: dict[str, list[Path]], split: SplitParams, segment_secon
 
     def make(ids: list[str], training: bool) -> SegmentDataset:
         return SegmentDataset(paths["clip"], paths["flow"], paths["codes"], ids, segment_seconds=segment_seconds,
-                              train=training, seed=seed, use_motion=use_motion, visual_fps=visual_fps,
-                              flow_fps=flow_fps)
+                              train=training, seed=seed, use_motion=use_motion, rates=rates)
 
     return {"train": make(groups["train"], True),
             "val": make(groups["val"] or groups["test"], False),
@@ -94,14 +94,28 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def run_key(model: ModelParams, train_params: TrainParams, features: FeaturesParams, split: SplitParams,
-            shards: Sequence[str], data: str, code: str) -> str:
-    """A short hash of everything that shapes a run, data and code fingerprints included: checkpoints
-    resume only into the same run (a killed one), and a rebuilt feature cache (same params, new
-    videos or audio) or changed model code starts afresh instead of resuming an old run."""
-    blob = json.dumps([as_dict(model), as_dict(train_params), as_dict(features), as_dict(split), list(shards), data,
-                       code], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+# ``train`` keys that say how a run is watched and saved, not what it learns: changing one resumes the
+# same run (same batches, same updates, same exported model) instead of starting afresh.
+NOT_RUN_DEFINING = ("log_every", "checkpoint_every", "num_workers")
+
+
+def run_identity(model: ModelParams, train_params: TrainParams, features: FeaturesParams, split: SplitParams,
+                 shards: Sequence[str], data: str, code: str) -> dict:
+    """What defines a training run, the one definition (README, "Run identity"): every ``model``
+    key, every ``train`` key except :data:`NOT_RUN_DEFINING`, the ``features`` and ``split``
+    sections, the shards, ``data`` (:func:`data_fingerprint` of the shards read) and ``code``
+    (:func:`code_fingerprint`). Checkpoints resume only into the same identity (a killed run); a
+    rebuilt feature cache, changed model code or any run-defining key starts afresh. JSON-plain, so
+    it compares equal to itself read back from a file."""
+    train = {k: v for k, v in as_dict(train_params).items() if k not in NOT_RUN_DEFINING}
+    identity = {"model": as_dict(model), "train": train, "features": as_dict(features), "split": as_dict(split),
+                "shards": list(shards), "data": data, "code": code}
+    return json.loads(json.dumps(identity, sort_keys=True))
+
+
+def run_key(identity: dict) -> str:
+    """A short hash of a :func:`run_identity`: the name of the run's checkpoint folder."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run_training(*, model_params: ModelParams, train_params: TrainParams, features: FeaturesParams,
@@ -118,16 +132,18 @@ def run_training(*, model_params: ModelParams, train_params: TrainParams, featur
     summary plus the figures, which are also written to ``metrics_file`` (atomically) when given.
     """
     paths = feature_paths(shards, feature_root)
+    rates = StreamRates.of(features)
     sets = segment_sets(paths, split, train_params.segment_seconds, train_params.seed, model_params.use_motion,
-                        visual_fps=features.clip.fps, flow_fps=features.flow.fps)
-    model = build_model(model_params, motion_size=features.flow.size, visual_fps=features.clip.fps,
-                        motion_fps=features.flow.fps)
+                        rates)
+    model = build_model(model_params, rates)
     model.log_param_counts()
     used = {table: paths[table] for table in tables_read(model_params.use_motion)}
-    work_dir = Path(work_root) / run_key(model_params, train_params, features, split, shards, data_fingerprint(used),
-                                         code_fingerprint())
+    identity = run_identity(model_params, train_params, features, split, shards, data_fingerprint(used),
+                            code_fingerprint())
+    work_dir = Path(work_root) / run_key(identity)
     recipe = FeatureRecipe(features, train_params.segment_seconds)
-    summary = train(model, sets["train"], sets["val"], train_params, work_dir=work_dir, live_dir=Path(live_dir),
+    summary = train(model, sets["train"], sets["val"], train_params, identity=identity, work_dir=work_dir,
+                    live_dir=Path(live_dir),
                     export_dir=Path(export_dir), progress=progress, export_files={RECIPE_FILE: recipe.to_json()})
     best = V2MModel.from_pretrained(export_dir)
     figures = learning_figures(best, sets["held_out"], batch_size=max(1, min(train_params.batch_size, 16)),

@@ -27,7 +27,6 @@ One call of :func:`train` runs (or resumes) a run to ``params.max_steps`` optimi
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -43,8 +42,10 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from pipeline.config import TrainParams, UserError, as_dict
+from pipeline.config import TrainParams
+from pipeline.errors import UserError
 from pipeline.files import atomic_path
+from pipeline.model.v2m import V2MModel
 from pipeline.train.data import SegmentDataset, ce_sums, make_loader
 
 log = logging.getLogger("v2m.train")
@@ -239,32 +240,21 @@ def _restore_live(checkpoint: Path, live_dir: Path, step: int) -> None:
 
 
 # what decides a run's trajectory: a checkpoint made under other values is not resumed
-_NOT_IN_FINGERPRINT = ("num_workers", "log_every", "eval_every", "checkpoint_every")
-FINGERPRINT_FILE = "run.json"
+IDENTITY_FILE = "run.json"
 
 
-def _fingerprint(model: torch.nn.Module, train_set: SegmentDataset, params: TrainParams) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    return {
-        "train": {k: v for k, v in as_dict(params).items() if k not in _NOT_IN_FINGERPRINT},
-        "model": config.to_dict() if hasattr(config, "to_dict") else repr(config),
-        "data": hashlib.sha256(json.dumps([train_set.video_ids, train_set.segment_seconds, train_set.seed,
-                                           train_set.rates]).encode()).hexdigest(),
-    }
-
-
-def _check_fingerprint(work_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """Drop checkpoints made with other params, model or data (stale after a params change)."""
-    path = Path(work_dir) / FINGERPRINT_FILE
+def _check_identity(work_dir: Path, identity: dict[str, Any]) -> None:
+    """Drop checkpoints made by another run (``run.json`` holds the identity they were made with)."""
+    path = Path(work_dir) / IDENTITY_FILE
     old = json.loads(path.read_text()) if path.is_file() else None
-    if old != fingerprint:
+    if old != identity:
         if checkpoints(work_dir):
-            changed = sorted(k for k in fingerprint if old is None or old.get(k) != fingerprint[k])
+            changed = sorted(k for k in identity if old is None or old.get(k) != identity[k])
             log.warning("not resuming from %s: its checkpoints were made with other %s; starting afresh",
                         work_dir, "/".join(changed))
             shutil.rmtree(Path(work_dir) / CHECKPOINTS)
         with atomic_path(path) as temp:
-            temp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+            temp.write_text(json.dumps(identity, indent=1, sort_keys=True))
 
 
 def _trim_live(live_dir: Path, step: int) -> None:
@@ -308,8 +298,8 @@ def _validate(accelerator: Accelerator, model: torch.nn.Module, val_set: Segment
     return float(sums[0] / sums[1])
 
 
-def train(model: torch.nn.Module, train_set: SegmentDataset, val_set: SegmentDataset | None, params: TrainParams, *,
-          work_dir: Path, live_dir: Path, export_dir: Path, progress: bool = True,
+def train(model: V2MModel, train_set: SegmentDataset, val_set: SegmentDataset | None, params: TrainParams, *,
+          identity: dict[str, Any], work_dir: Path, live_dir: Path, export_dir: Path, progress: bool = True,
           callback: Callable[[int, dict[str, Any]], None] | None = None,
           export_files: dict[str, str] | None = None) -> dict[str, Any]:
     """Train ``model`` to ``params.max_steps`` updates (resuming from ``work_dir`` if it holds a checkpoint).
@@ -320,6 +310,8 @@ def train(model: torch.nn.Module, train_set: SegmentDataset, val_set: SegmentDat
         train_set: training segments (``train=True``).
         val_set: evaluation segments (``train=False``), or None to export the last EMA weights.
         params: the ``train`` section.
+        identity: the run's :func:`pipeline.train.experiment.run_identity`; checkpoints in
+            ``work_dir`` made under another identity are dropped, not resumed.
         work_dir: checkpoints (``work_dir/checkpoints/step_<N>``); resumed from when present.
         live_dir: the DVCLive folder (metrics.json, plots/metrics/*.tsv).
         export_dir: where the best EMA weights are saved (``save_pretrained``, atomically).
@@ -341,14 +333,14 @@ def train(model: torch.nn.Module, train_set: SegmentDataset, val_set: SegmentDat
     if params.batch_size % world:
         raise UserError(f"train.batch_size ({params.batch_size}) must divide by the process count ({world})")
     if accelerator.is_main_process:
-        _check_fingerprint(work_dir, _fingerprint(model, train_set, params))
+        _check_identity(work_dir, identity)
         for partial in (work_dir / CHECKPOINTS).glob(".step_*.partial"):   # a save that was killed
             shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     latest = checkpoints(work_dir)[-1] if checkpoints(work_dir) else None
     set_seed(params.seed)
 
-    condition_dropout = float(getattr(getattr(model, "config", None), "condition_dropout", 0.0))
+    condition_dropout = model.config.condition_dropout
     optimizer = torch.optim.AdamW(parameter_groups(model, params.weight_decay), lr=params.lr,
                                   betas=tuple(params.betas), weight_decay=params.weight_decay)
     scheduler = make_scheduler(optimizer, params.warmup_steps, params.max_steps)
