@@ -1,21 +1,29 @@
-"""Checkpoints from disk only: a ``save_pretrained`` folder or a hub id already in the local cache.
-
-Nothing here downloads. Shared by the codec and the model's MusicGen decoder, which read the same
-kinds of folders (a standalone checkpoint, or a ``facebook/musicgen-*`` composite holding both).
+"""Checkpoints from disk only: a ``save_pretrained`` folder, a hub id already in the local cache, or a
+PyTorch state-dict file. The one owner of where weights come from: the CLIP, codec and MusicGen
+decoder folders go through :func:`local_checkpoint` (and :func:`load_part` for MusicGen parts),
+the VGGish and PaSST files through :func:`read_state_dict`, and every random-weights stand-in
+carries :data:`RANDOM_MARKER`. Nothing here downloads; a missing checkpoint is an error naming the
+file and where it comes from.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
+import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError
 from torch import nn
-from transformers import MusicgenForConditionalGeneration, PreTrainedModel
+
+if TYPE_CHECKING:  # transformers is imported where a MusicGen part is loaded: the rest do not pay for it
+    from transformers import PreTrainedModel
 
 from pipeline.errors import UserError
 
+# config key (config.json, Demucs's bag yaml) of the embedded default's random-weights stand-ins: loading warns
+RANDOM_MARKER = "v2m_random_weights"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
@@ -42,9 +50,46 @@ def local_checkpoint(source: str | Path, *, label: str, where_from: str,
     missing = [name for name, present in (("config.json", (folder / "config.json").is_file()),
                                           ("model.safetensors", any((folder / w).is_file() for w in WEIGHT_FILES)))
                if not present]
+    if len(missing) == 2:
+        raise FileNotFoundError(f"{label} folder {folder} lacks config.json or model.safetensors (neither is "
+                                f"there); {where_from}")
     if missing:
-        raise FileNotFoundError(f"{label} folder {folder} lacks {' and '.join(missing)}; {where_from}")
+        raise FileNotFoundError(f"{label} folder {folder} lacks {missing[0]}; {where_from}")
     return folder
+
+
+def is_random_stand_in(config: Mapping[str, Any] | object) -> bool:
+    """True for the config (a mapping or a ``PretrainedConfig``) of a random-weights stand-in."""
+    if isinstance(config, Mapping):
+        return bool(config.get(RANDOM_MARKER, False))
+    return bool(getattr(config, RANDOM_MARKER, False))
+
+
+def read_state_dict(path: Path | str, *, label: str, where_from: str,
+                    missing: type[Exception] = FileNotFoundError,
+                    unreadable: type[Exception] = UserError) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a PyTorch file (``torch.load``, weights only), a ``{'model': ...}``
+    wrapper unwrapped.
+
+    Args:
+        label: what the file is, for messages (``VGGish checkpoint``).
+        where_from: the sentence saying what is expected and where it comes from.
+        missing / unreadable: the exception types raised for no file / a file that is not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise missing(f"{label} {path}: no such file; {where_from}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a file that is not a checkpoint
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise unreadable(f"{label} {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {first}); "
+                         f"{where_from}") from None
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise unreadable(f"{label} {path}: holds a {type(state).__name__}, not a state dict of tensors; {where_from}")
+    return dict(state)
 
 
 def model_type(folder: Path) -> str | None:
@@ -58,6 +103,8 @@ def musicgen_part(folder: Path, part: str) -> tuple[nn.Module, list[str]]:
     The whole composite is loaded and only ``part`` kept: loading a composite checkpoint straight
     into the part's own class leaves every weight silently random.
     """
+    from transformers import MusicgenForConditionalGeneration
+
     full, info = MusicgenForConditionalGeneration.from_pretrained(folder, local_files_only=True,
                                                                   output_loading_info=True)
     missing = sorted(key for key in info["missing_keys"] if key.startswith(f"{part}."))

@@ -484,3 +484,40 @@ def _page(*, title: str, notice: str | None, eval_summary: dict, clip_rows: list
         f"{notice_html}\n" + "\n".join(s for s in sections if s) +
         f"\n<script>{SCRIPT}</script>\n</body></html>\n"
     )
+
+
+RANDOM_DECODER_NOTICE = (
+    "This run uses the embedded default's codec ({codec}): its codebooks are calibrated, but its decoder has "
+    "RANDOM weights, so the generated audio below is not music and FAD/KLD/chroma on it say nothing about "
+    "musical quality. The quality signal of the embedded default is in token space: the learning figures "
+    "(held-out cross-entropy with the right video vs shuffled videos). With real weights (facebook/musicgen-small, "
+    "CLIP, VGGish, PaSST; see the README's paper configuration) this page shows real music and real metrics.")
+
+
+def report_run(shards: list[str], model_dir: Path | str, report_clips: int, *, metrics_dir: Path = Path("metrics"),
+               clips_root: Path = Path("data/clips"), generated: Path = Path("data/generated")) -> str:
+    """The report stage: the report of a pipeline run from its outputs (``metrics/eval.json``, the clips
+    table, the learning figures, the plots, the generated and ground-truth videos) into
+    ``metrics/report``; returns one line saying what it holds."""
+    import pyarrow.parquet as pq
+
+    from pipeline.features.codec import is_random_codec
+    from pipeline.features.recipe import read_recipe
+
+    summary = json.loads((metrics_dir / "eval.json").read_text())
+    rows = pq.read_table(metrics_dir / "eval" / "clips.parquet").to_pylist()
+    benchmark_file = metrics_dir / "benchmark.json"
+    benchmark = json.loads(benchmark_file.read_text()) if benchmark_file.is_file() else None
+    codec = read_recipe(model_dir).features.codes.codec
+    notice = RANDOM_DECODER_NOTICE.format(codec=codec) if is_random_codec(codec) else None
+    media = []
+    for row in rows[:report_clips]:
+        video_id = row["video_id"]
+        reference = next((clips_root / shard / f"{video_id}.mp4" for shard in shards
+                          if (clips_root / shard / f"{video_id}.mp4").is_file()), None)
+        media.append({"video_id": video_id, "generated": generated / f"{video_id}.mp4", "reference": reference})
+    plots = sorted((metrics_dir / "eval" / "plots").glob("*.png"))
+    index = build_report(metrics_dir / "report", eval_summary=summary, clip_rows=rows, benchmark=benchmark,
+                         plots=plots, media=media, notice=notice)
+    return f"report: {index} ({len(media)} clips with video, {len(plots)} plots)"
+

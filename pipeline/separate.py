@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 import pyarrow as pa
 from tqdm import tqdm
 
+from pipeline.checkpoints import RANDOM_MARKER
 from pipeline.config import SeparateParams
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
@@ -45,7 +46,6 @@ from pipeline.status import failed_row, ok_row, STATUS_FILE, ok_ids, status_sche
 log = logging.getLogger("v2m.separate")
 
 SOURCES = ("drums", "bass", "other", "vocals")
-RANDOM_MARKER = "v2m_random_weights"  # key in the bag yaml (and training_args) of our random models
 HTDEMUCS_URL = "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/955717e8-8726e21a.th"
 
 Separator = Union[BagOfModels, HTDemucs]  # what get_model gives: a bag (name.yaml) or one model (sig)

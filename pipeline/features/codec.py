@@ -26,7 +26,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from transformers import EncodecConfig, EncodecModel
 
-from pipeline.checkpoints import load_part, local_checkpoint
+from pipeline.checkpoints import RANDOM_MARKER, is_random_stand_in, load_part, local_checkpoint
 from pipeline.config import CodecCalibrationParams
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
@@ -35,7 +35,6 @@ log = logging.getLogger("v2m.codec")
 
 HUB_ID = "facebook/encodec_32khz"
 MUSICGEN_HUB_ID = "facebook/musicgen-small"
-RANDOM_MARKER = "v2m_random_weights"   # config.json key of our random-weights codecs
 CALIBRATION_KEY = "v2m_calibration"    # config.json key holding the calibration recipe and stats
 # facebook/encodec_32khz's config.json, spelled out rather than trusting library defaults (which are
 # the 24 kHz model's). Its SEANet has identity skips (use_conv_shortcut False, audiocraft's true_skip).
@@ -93,7 +92,7 @@ def load_codec(path: str | Path, device: str = "auto", cache_dir: str | Path | N
     # also fall back to the 24 kHz default config.
     model = load_part(folder, part="audio_encoder", standalone=EncodecModel, standalone_type="encodec",
                       weights="EnCodec", where_from=_where_from())
-    if getattr(model.config, RANDOM_MARKER, False):
+    if is_random_stand_in(model.config):
         log.warning("%s is an EnCodec with RANDOM weights (codebooks calibrated by the codec_init stage): its codes "
                     "are usable tokens, but its decoder is random, so decoded audio is not music; use %s or %s "
                     "for real codes and audio", path, HUB_ID, MUSICGEN_HUB_ID)
@@ -105,7 +104,7 @@ def load_codec(path: str | Path, device: str = "auto", cache_dir: str | Path | N
 def is_random_codec(path: str | Path) -> bool:
     """True when ``path`` is one of our random-weight codecs (``codec_init``): its decoder makes noise, not music."""
     config = Path(path) / "config.json"
-    return config.is_file() and bool(json.loads(config.read_text()).get(RANDOM_MARKER, False))
+    return config.is_file() and is_random_stand_in(json.loads(config.read_text()))
 
 
 def _as_batch(audios: np.ndarray | Sequence[np.ndarray], model: EncodecModel) -> torch.Tensor:

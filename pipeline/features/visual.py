@@ -26,6 +26,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from pipeline.checkpoints import RANDOM_MARKER, is_random_stand_in, local_checkpoint
 from pipeline.errors import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
@@ -38,7 +39,6 @@ HIDDEN_STATE = "last_hidden_state"
 TOKENS = 50    # 1 CLS + (224 / 32) ** 2 patches; code reads it from the model config
 WIDTH = 768
 HUB_ID = "openai/clip-vit-base-patch32"
-RANDOM_MARKER = "v2m_random_weights"  # config.json key of our random-weights models
 # openai/clip-vit-base-patch32's vision_config, spelled out rather than trusting library defaults.
 VIT_B32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                patch_size=32, image_size=224, num_channels=3, hidden_act="quick_gelu", layer_norm_eps=1e-5,
@@ -123,24 +123,13 @@ def load_clip(model: str | Path, device: str = "auto", dtype: str = "float32",
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    folder = Path(model)
-    if folder.is_dir():
-        weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-        if not (folder / "config.json").is_file() or not any((folder / name).is_file() for name in weights):
-            raise FileNotFoundError(f"CLIP model folder {folder} lacks config.json or model.safetensors; "
-                                    f"{_where_from()}")
-    try:
-        vision, info = CLIPVisionModel.from_pretrained(
-            str(model), local_files_only=True, cache_dir=cache_dir, dtype=DTYPES[dtype], output_loading_info=True)
-    except OSError as exc:
-        if folder.is_dir():
-            raise
-        raise FileNotFoundError(f"CLIP model {str(model)!r}: no such folder, and no such hub id in the local "
-                                f"Hugging Face cache; {_where_from()}") from exc
+    folder = local_checkpoint(model, label="CLIP model", where_from=_where_from(), cache_dir=cache_dir)
+    vision, info = CLIPVisionModel.from_pretrained(folder, local_files_only=True, dtype=DTYPES[dtype],
+                                                   output_loading_info=True)
     if info["missing_keys"]:
         raise UserError(f"{model}: the checkpoint lacks {len(info['missing_keys'])} CLIP vision weights "
                         f"(e.g. {sorted(info['missing_keys'])[0]}); it is not a CLIPVisionModel/CLIPModel checkpoint")
-    if getattr(vision.config, RANDOM_MARKER, False):
+    if is_random_stand_in(vision.config):
         log.warning("%s has RANDOM weights (pipeline.features.visual.save_random_clip): its tokens carry no "
                     "semantics; use %s for real features", model, HUB_ID)
     return vision.to(resolve_device(device)).eval()

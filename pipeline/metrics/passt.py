@@ -93,6 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.checkpoints import read_state_dict
 from pipeline.errors import UserError
 
 SAMPLE_RATE = 32_000
@@ -407,17 +408,9 @@ def load_passt(path: str | Path | None = None, **arch) -> PaSST:
         PasstCheckpointError: unreadable, or keys / shapes other than PaSST's.
     """
     path = Path(path) if path is not None else default_checkpoint_path()
-    if not path.is_file():
-        raise PasstCheckpointMissing(f"PaSST checkpoint {path} not found; {WHERE_FROM}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
-        raise PasstCheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else ''}); {WHERE_FROM}") from None
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]   # PaSST's checkpoint filter accepts DeiT-style {'model': state_dict}
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PasstCheckpointError(f"{path}: not a state dict of tensors; {WHERE_FROM}")
+    # PaSST's checkpoint filter accepts DeiT-style {'model': state_dict}, as read_state_dict does
+    state = read_state_dict(path, label="PaSST checkpoint", where_from=WHERE_FROM, missing=PasstCheckpointMissing,
+                            unreadable=PasstCheckpointError)
     stride = int(arch.get("stride", PAPER_ARCH["stride"]))
     sizes = {**_arch_from_state(state, path, stride), **arch}
     sizes.setdefault("heads", max(1, sizes["embed_dim"] // 64))

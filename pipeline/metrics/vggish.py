@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.checkpoints import read_state_dict
 from pipeline.errors import UserError
 from pipeline.files import atomic_path
 from pipeline.metrics import RESAMPLE_QUALITY, mono_resampled
@@ -134,17 +135,8 @@ def load_vggish(path: Path | str, device: str | torch.device = "cpu") -> VGGish:
     path = Path(path)
     if path.suffix in {".ckpt", ".index", ".meta"} or ".ckpt." in path.name or ".data-" in path.name:
         raise VGGishCheckpointError(f"VGGish checkpoint {path}: named like a TensorFlow checkpoint; {CHECKPOINT_SOURCE}")
-    if not path.is_file():
-        raise VGGishCheckpointError(f"VGGish checkpoint {path}: no such file; {CHECKPOINT_SOURCE}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise VGGishCheckpointError(f"VGGish checkpoint {path}: not a readable PyTorch file "
-                                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                                    f"{CHECKPOINT_SOURCE}") from None
-    if not isinstance(state, dict):
-        raise VGGishCheckpointError(f"VGGish checkpoint {path}: holds a {type(state).__name__}, not a state dict; "
-                                    f"{CHECKPOINT_SOURCE}")
+    state = read_state_dict(path, label="VGGish checkpoint", where_from=CHECKPOINT_SOURCE,
+                            missing=VGGishCheckpointError, unreadable=VGGishCheckpointError)
     state = {key: value for key, value in state.items() if not key.startswith("pproc.")}
     expected = official_shapes()
     missing = [key for key in expected if key not in state]

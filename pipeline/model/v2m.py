@@ -408,9 +408,6 @@ class V2MModel(nn.Module):
         for p in self.decoder.parameters():
             p.requires_grad_(False)
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     # -- files
 
     def save_pretrained(self, folder: Path | str, extra_files: Mapping[str, str] | None = None) -> Path:

@@ -3,7 +3,8 @@
 
 from pipeline.train.data import (SegmentBatchSampler, SegmentDataset, collate, derangement_of_segments,
                                  held_out_ce, make_loader, token_nll)
-from pipeline.train.loop import EMA, checkpoints, lr_factor, make_scheduler, parameter_groups, train
+from pipeline.train.checkpointing import checkpoints
+from pipeline.train.loop import EMA, lr_factor, make_scheduler, parameter_groups, train
 
 __all__ = [
     "EMA", "SegmentBatchSampler", "SegmentDataset", "checkpoints", "collate", "derangement_of_segments",

@@ -126,10 +126,6 @@ class SegmentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.video_ids) if self.train else len(self.segments)
 
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch used for plain integer keys (the batch sampler passes it with each key)."""
-        self.epoch = int(epoch)
-
     def locate(self, key: int | tuple[int, int]) -> tuple[int, int]:
         """``(clip index, start in grid steps)`` of an item key."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
