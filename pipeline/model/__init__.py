@@ -1,8 +1,8 @@
 """The video-to-music model (paper section 3): encoders, fusion, MusicGen decoder, sampling.
 
 - :mod:`pipeline.model.encoders`: VisualEncoder, MotionEncoder, CrossAttentionFusion.
-- :mod:`pipeline.model.v2m`: V2MConfig, V2MModel (conditioning, loss, files), the delay pattern,
-  load_pretrained_decoder.
+- :mod:`pipeline.model.v2m`: V2MConfig, V2MModel (conditioning, loss, files), load_pretrained_decoder.
+- :mod:`pipeline.model.patterns`: MusicGen's codebook delay pattern.
 - :mod:`pipeline.model.builder`: ModelParams -> V2MModel (the presets live there).
 - :mod:`pipeline.model.sampling`: KV-cached sampling with classifier-free guidance.
 """
@@ -10,8 +10,9 @@
 from pipeline.model.builder import PRESETS, build_model, model_config, preset_config, tiny_config
 from pipeline.model.encoders import CrossAttentionFusion, MotionEncoder, VisualEncoder
 from pipeline.model.sampling import generate, generate_codes, sample_top_k
-from pipeline.model.v2m import (PARTS, V2MConfig, V2MModel, V2MOutput, apply_delay, codebook_cross_entropy,
-                                delay_valid_mask, load_pretrained_decoder, undo_delay)
+from pipeline.model.patterns import apply_delay, delay_valid_mask, undo_delay
+from pipeline.model.v2m import (PARTS, V2MConfig, V2MModel, V2MOutput, codebook_cross_entropy,
+                                load_pretrained_decoder)
 
 __all__ = [
     "PARTS", "PRESETS", "CrossAttentionFusion", "MotionEncoder", "V2MConfig", "V2MModel", "V2MOutput",

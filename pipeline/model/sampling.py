@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 
 from pipeline.device import evaluating
-from pipeline.model.v2m import V2MModel, apply_delay, delay_valid_mask, undo_delay
+from pipeline.model.patterns import apply_delay, delay_valid_mask, undo_delay
+from pipeline.model.v2m import V2MModel
 
 StepCallback = Callable[[int, torch.Tensor], None]
 
