@@ -3,9 +3,8 @@
 No dataset or weights can be downloaded where this project is built, so four stages make stand-ins:
 ``sample`` renders v2m-synth (shard ``s0000``), ``separator_init`` a small HTDemucs trained a few
 steps on its stems, ``clip_init`` a random-weights CLIP ViT-B/32 and ``codec_init`` a random EnCodec
-32 kHz with calibrated codebooks. Each builds its stand-in only when the params use it: the
-model's params key names the stand-in's folder (the stage's DVC output), or ``data.shards`` lists
-``s0000``. Otherwise (real weights or real data configured) the stage writes a one-line marker
+32 kHz with calibrated codebooks. Each model stand-in is built only when the params use it: the
+model's params key names the stand-in's folder (the stage's DVC output). Otherwise (real weights or real data configured) the stage writes a one-line marker
 :data:`SKIPPED_FILE` into its output folder saying why, and ends in about a second: the heavy
 libraries are imported only when there is something to build.
 """
@@ -13,7 +12,6 @@ libraries are imported only when there is something to build.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 from pipeline.config import (CodesFeatureParams, SampleParams, SeparateParams, SplitParams,
                              VisualFeatureParams)
@@ -47,23 +45,21 @@ def skipped_reason(folder: Path | str) -> str | None:
     return marker.read_text().strip() if marker.is_file() else None
 
 
-def init_sample(params: SampleParams, shards: Sequence[str], out: Path = SAMPLE_DIR,
-                manifest: Path | None = None) -> str:
+def init_sample(params: SampleParams, out: Path = SAMPLE_DIR, manifest: Path | None = None) -> str:
     """Render v2m-synth into ``out`` and write its manifest shard (rows ``file:<out>/<id>.mp4`` with their
-    sha256, so the download stage runs its real code offline); skipped unless ``shards`` lists ``s0000``.
+    sha256, so the download stage runs its real code offline).
+
+    Unlike the model stand-ins this one never skips: it would have to depend on ``data.shards``, and then
+    adding any shard would rerun it (new shards must run alone). A real-data run simply leaves ``s0000``
+    out of ``data.shards``; nothing reads the rendered set then but ``separator_init`` when it builds.
 
     Returns:
         One line saying what was done.
     """
     from pipeline.acquire.manifest import ManifestEntry, shard_path, write_manifest
-
-    manifest = manifest or shard_path(SAMPLE_SHARD)
-    if SAMPLE_SHARD not in shards:
-        write_manifest(manifest, [])
-        return write_skipped(out, f"sample: skipped: data.shards ({', '.join(shards)}) does not list "
-                                  f"{SAMPLE_SHARD}, the embedded sample shard")
     from pipeline.synth import read_labels, render_sample_set
 
+    manifest = manifest or shard_path(SAMPLE_SHARD)
     render_sample_set(out, params)
     entries = [ManifestEntry(row["video_id"], f"file:{out / row['video_file']}", file_sha256(out / row["video_file"]))
                for row in read_labels(out)]

@@ -1,17 +1,15 @@
-"""Stage `sample`: render v2m-synth into data/sample and its manifest shard data/manifests/s0000.csv
-(skipped, with a marker, when data.shards does not list s0000; see pipeline.embedded)."""
+"""Stage `sample`: render v2m-synth into data/sample and its manifest shard data/manifests/s0000.csv."""
 
 from pipeline.config import load_params
 from pipeline.embedded import init_sample
 from pipeline.errors import user_errors
 
-SECTIONS = ("sample", "data")
+SECTIONS = ("sample",)
 
 
 def main() -> None:
     with user_errors("stage sample"):
-        params = load_params(sections=SECTIONS)
-        print(init_sample(params["sample"], params["data"].shards))
+        print(init_sample(load_params(sections=SECTIONS)["sample"]))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The embedded default's stand-in stages build only what the params use; with real weights they skip in a second."""
+"""The embedded default's model stand-in stages build only what the params use; with real weights they skip in a second."""
 
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ def test_with_real_weights_and_data_the_stand_in_stages_only_write_why(tmp_path)
     params["features"]["codes"]["codec"] = "/weights/encodec_32khz"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "data" / "manifests").mkdir(parents=True)
-    expected = {"sample": ("data/sample", "does not list s0000"),
-                "separator_init": ("models/demucs-v2m", "separate.repo is /weights/demucs"),
+    expected = {"separator_init": ("models/demucs-v2m", "separate.repo is /weights/demucs"),
                 "clip_init": ("models/clip-random", "features.clip.model is /weights/clip-vit-base-patch32"),
                 "codec_init": ("models/encodec-calibrated", "features.codes.codec is /weights/encodec_32khz")}
     for stage, (folder, why) in expected.items():
@@ -40,8 +39,6 @@ def test_with_real_weights_and_data_the_stand_in_stages_only_write_why(tmp_path)
         assert "heavy: []" in result.stdout, f"{stage} imported heavy libraries only to skip: {result.stdout}"
         assert [p.name for p in (tmp_path / folder).iterdir()] == [SKIPPED_FILE]
         assert why in skipped_reason(tmp_path / folder)
-    # the sample shard exists (a DVC output) but lists nothing
-    assert (tmp_path / "data" / "manifests" / "s0000.csv").read_text() == "video_id\n"
 
 
 def test_the_stand_in_folders_are_recognised_however_they_are_written(tmp_path, monkeypatch):
