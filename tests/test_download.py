@@ -468,7 +468,9 @@ def test_file_roots_are_a_validated_list(tmp_path):
     path.write_text("download:\n  file_root: [data/sample]\n")
     with pytest.raises(ParamsError, match="unknown key 'download.file_root'.*did you mean 'download.file_roots'"):
         load_params(path, ["download"])
-    assert DownloadParams().file_roots == ("data/sample",)
+    from pipeline.embedded import SAMPLE_DIR
+
+    assert DownloadParams().file_roots == (str(SAMPLE_DIR),)  # the embedded sample shard's files are allowed
 
 
 # --- v2m manifest status ------------------------------------------------------------------------------
