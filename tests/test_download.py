@@ -423,16 +423,16 @@ def test_permanent_failures_are_tried_once_without_backoff_transient_ones_retry(
     params = project_params(project, backoff_base=30.0, max_attempts=4)
     downloader = ShardDownloader(params, 3.0, ProxyPool(None, 0.0), project / "scratch", sleep=sleeps.append)
     with VideoServer(served).running() as server:
-        permanent = {
-            "not_media": ManifestEntry("notmedialoc", "file:data/sample/notes.mp4"),
-            "not_media ": ManifestEntry("notmediaweb", server.url("garbage.mp4")),
-            "not_found": ManifestEntry("notfound000", server.url("absent.mp4")),
-            "unsupported": ManifestEntry("unsupported", server.url("plain.html")),
-            "checksum": ManifestEntry("checksum000", server.url("good.mp4"), "0" * 64),
-        }
-        for expected, entry in permanent.items():
+        permanent = [
+            ("not_media", ManifestEntry("notmedialoc", "file:data/sample/notes.mp4")),
+            ("not_media", ManifestEntry("notmediaweb", server.url("garbage.mp4"))),
+            ("not_found", ManifestEntry("notfound000", server.url("absent.mp4"))),
+            ("unsupported", ManifestEntry("unsupported", server.url("plain.html"))),
+            ("checksum", ManifestEntry("checksum000", server.url("good.mp4"), "0" * 64)),
+        ]
+        for expected, entry in permanent:
             row = downloader.fetch(entry)
-            assert (row["status"], row["error_class"], row["attempts"]) == ("failed", expected.strip(), 1), row
+            assert (row["status"], row["error_class"], row["attempts"]) == ("failed", expected, 1), row
             assert "gave up" not in row["error_message"]
         assert server.fetched("absent.mp4") == 1 and server.fetched("garbage.mp4") >= 1
     assert sleeps == [], "a permanent failure waited for a retry"
