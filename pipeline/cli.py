@@ -45,6 +45,26 @@ def _cmd_manifest_add_shard(args: argparse.Namespace) -> None:
           f"and added {path.stem} to data.shards in {args.params}; `dvc repro` runs only its stages")
 
 
+def _cmd_manifest_status(args: argparse.Namespace) -> None:
+    import json
+
+    from pipeline.acquire.download import RAW_DIR, ShardSummary, shard_summary, summary_table
+    from pipeline.acquire.manifest import SHARD_NAME, ManifestError, existing_shards
+
+    names = args.shards or [path.stem for path in existing_shards(args.manifests)]
+    if not names:
+        raise ManifestError(f"{args.manifests}: no manifest shards (sNNNN.csv)")
+    for name in names:
+        if not SHARD_NAME.fullmatch(name):
+            raise ManifestError(f"{name!r} is not a shard name (s0000, s0001, ...)")
+    summaries = [shard_summary(name, args.manifests, args.raw or RAW_DIR) for name in names]
+    if args.json:
+        print(json.dumps({"shards": [s.as_json() for s in summaries],
+                          "total": ShardSummary.total(summaries).as_json()}, indent=2))
+    else:
+        print(summary_table(summaries))
+
+
 def _cmd_download(args: argparse.Namespace) -> None:
     import logging
 
@@ -176,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--manifests", type=Path, default=Path("data/manifests"), help="shard folder")
     add.add_argument("--params", type=Path, default=config.DEFAULT_PARAMS_FILE, help="params file to update")
     add.set_defaults(func=_cmd_manifest_add_shard)
+    status = manifest_sub.add_parser(
+        "status", help="per shard: ids downloaded, failed by class, not yet tried, share that still resolves",
+        description="Summarise shards from their download status tables (data/raw/<shard>/status.parquet). "
+                    "'resolves' is downloaded / (downloaded + permanent failures); transient failures and "
+                    "ids not yet tried are left out of it, and bound it: low = all dead, high = all alive.")
+    status.add_argument("shards", nargs="*", metavar="SHARD",
+                        help="shard names, e.g. s0001 (default: every shard in --manifests)")
+    status.add_argument("--json", action="store_true", help="one JSON object: per shard and the total")
+    status.add_argument("--manifests", type=Path, default=Path("data/manifests"), metavar="DIR", help="shard folder")
+    status.add_argument("--raw", type=Path, metavar="DIR",
+                        help="download outputs, DIR/<shard>/status.parquet (default data/raw)")
+    status.set_defaults(func=_cmd_manifest_status)
 
     download = sub.add_parser("download", help="download a manifest shard with yt-dlp (as the download stage)")
     download.add_argument("--manifest", type=Path, required=True, help="a shard CSV (video_id[,url][,sha256])")

@@ -273,12 +273,16 @@ class DownloadParams:
     concurrency: int = param(2, lo=1, hi=64, doc="videos downloaded at once")
     socket_timeout: float = param(20.0, lo=0.5, hi=600.0, doc="seconds before a silent connection fails")
     scratch: str = param(".cache/v2m/downloads", doc="resumable download cache, outside the DVC outputs")
+    file_roots: tuple[str, ...] = param(("data/sample",), doc="folders that file: URLs (and other local paths) "
+                                                              "may point into, symlinks followed; empty = none")
 
     def __post_init__(self) -> None:
         check(self.sleep_min <= self.sleep_max, "download.sleep_min",
               f"must be <= download.sleep_max ({self.sleep_min} > {self.sleep_max})")
         check(re.fullmatch(r"(\d+(\.\d+)?[KMG]?)?", self.rate_limit) is not None, "download.rate_limit",
               f"must look like 500K, 2M or 2000000, got {self.rate_limit!r}")
+        for root in self.file_roots:
+            check(root.strip() != "", "download.file_roots", "lists an empty folder name")
 
 
 @section("clip")

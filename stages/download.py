@@ -2,9 +2,8 @@
 
 import logging
 import sys
-from pathlib import Path
 
-from pipeline.acquire.download import download_shard
+from pipeline.acquire.download import RAW_DIR, download_shard
 from pipeline.acquire.manifest import shard_path
 from pipeline.errors import user_errors
 from pipeline.config import load_params
@@ -17,7 +16,7 @@ def main(shard: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     with user_errors(f"stage download@{shard}"):
         params = load_params(sections=SECTIONS)
-        rows = download_shard(shard_path(shard), Path("data/raw") / shard, params["download"],
+        rows = download_shard(shard_path(shard), RAW_DIR / shard, params["download"],
                               seconds=params["clip"].seconds)
         print(f"download {shard}: {summary(rows)}")
 

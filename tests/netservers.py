@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 HOST = "127.0.0.1"
 
@@ -41,7 +41,7 @@ def _serve(handler: type) -> Iterator[_Server]:
 
 
 class VideoServer:
-    """Serves the files of a folder; records every GET; optionally slow per response."""
+    """Serves the files of a folder; records every GET's path, percent-decoded; optionally slow per response."""
 
     def __init__(self, root: Path, delay: float = 0.0):
         self.root = Path(root)
@@ -68,7 +68,7 @@ class VideoServer:
 
             def do_GET(self):
                 with owner.lock:
-                    owner.gets.append(urlsplit(self.path).path)
+                    owner.gets.append(unquote(urlsplit(self.path).path))
                     owner.proxied.append(self.headers.get("Via") == "1.1 v2m-test-proxy")
                 if owner.delay:
                     time.sleep(owner.delay)

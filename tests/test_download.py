@@ -16,12 +16,14 @@ import pytest
 import yaml
 
 from pipeline import media
-from pipeline.acquire.download import classify, download_shard, resolve_url
-from pipeline.acquire.manifest import ManifestEntry, write_manifest
+from pipeline.acquire.download import (STATUS_SCHEMA, ShardDownloader, classify, download_shard, resolved_roots,
+                                       source_url)
+from pipeline.acquire.manifest import ManifestEntry, ManifestError, read_manifest, write_manifest
 from pipeline.acquire.proxies import ProxyListError, ProxyPool, read_proxy_list, redact
-from pipeline.config import DownloadParams
+from pipeline.config import DownloadParams, load_params
+from pipeline.errors import ParamsError
 from pipeline.files import file_sha256
-from pipeline.status import read_status
+from pipeline.status import read_status, write_status
 
 from netservers import VideoServer, black_hole, dead_port, forwarding_proxy, status_proxy
 
@@ -126,8 +128,11 @@ def test_checksum_mismatch_is_a_failure_row(tmp_path, videos):
 
 def test_file_urls_resolve_against_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_url("file:data/x.mp4") == (tmp_path / "data" / "x.mp4").as_uri()
-    assert resolve_url("https://example.org/v") == "https://example.org/v"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.mp4").write_bytes(b"x")
+    roots = resolved_roots(["data"])
+    assert source_url("file:data/x.mp4", roots) == (tmp_path / "data" / "x.mp4").as_uri()
+    assert source_url("https://example.org/v", roots) == "https://example.org/v"
 
 
 def test_killed_run_resumes_without_refetching(tmp_path, videos):
@@ -259,3 +264,269 @@ def test_downloaded_window_is_the_first_seconds(tmp_path, videos):
     info = media.probe(tmp_path / "out" / rows[0]["file"])
     assert 2.5 <= info.duration < 6.0  # the window (plus the keyframe it starts on), not the whole 6 s
     assert json.loads((tmp_path / "scratch" / "s0001" / "done" / f"{rows[0]['video_id']}.json").read_text())["row"]["status"] == "ok"
+
+
+# --- Manifests from someone else: local paths confined to download.file_roots -----------------------
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, videos) -> Path:
+    """A project folder as the working directory: data/sample (the default root) holds a real video;
+    ``outside/`` holds a real video and a secret beside it, which no row may copy."""
+    folder, names = videos
+    monkeypatch.chdir(tmp_path)
+    sample = tmp_path / "data" / "sample"
+    sample.mkdir(parents=True)
+    shutil.copy(folder / names[0], sample / "inside.mp4")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(folder / names[1], outside / "secret.mp4")
+    (outside / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    return tmp_path
+
+
+def project_params(tmp_path: Path, **overrides) -> DownloadParams:
+    return fast_params(tmp_path, **{"margin_seconds": 60.0, **overrides})
+
+
+def copied_files(tmp_path: Path) -> list[str]:
+    """Every file the download left in its scratch cache and output folder, status tables aside."""
+    places = [tmp_path / "scratch", tmp_path / "out"]
+    return sorted(str(p.relative_to(tmp_path)) for place in places if place.exists()
+                  for p in place.rglob("*") if p.is_file() and p.name != "status.parquet")
+
+
+def test_file_urls_outside_the_roots_are_refused_and_never_copied(project):
+    sample = project / "data" / "sample"
+    (sample / "evil.mp4").symlink_to(project / "outside" / "secret.mp4")      # a link out of the root
+    (sample / "away").symlink_to(project / "outside", target_is_directory=True)
+    (sample / "alias.mp4").symlink_to(sample / "inside.mp4")                 # a link within it
+    secret = project / "outside" / "secret.mp4"
+    hostile = {
+        "abcdefghijk": "file:///etc/passwd",
+        "passwdnoslh": "file:/etc/passwd",
+        "passwdlocal": "file://localhost/etc/passwd",
+        "passwdquote": "file:///%65tc/passwd",
+        "absolutevid": secret.as_uri(),
+        "dotdotvideo": "file:data/sample/../../outside/secret.mp4",
+        "symlinkfile": "file:data/sample/evil.mp4",
+        "symlinkdir0": "file:data/sample/away/key.pem",
+        "otherhost00": "file://fileserver/share/secret.mp4",
+        "missingout0": "file:///nonexistent/elsewhere.mp4",
+    }
+    manifest = write_manifest(project / "s0001.csv",
+                              [ManifestEntry(i, u) for i, u in hostile.items()]
+                              + [ManifestEntry("insideroot0", "file:data/sample/inside.mp4"),
+                                 ManifestEntry("aliasinroot", "file:data/sample/alias.mp4")])
+    rows = {row["video_id"]: row for row in download_shard(manifest, project / "out", project_params(project),
+                                                            seconds=3.0, progress=False)}
+    assert rows == {row["video_id"]: row for row in read_status(project / "out")}
+    for video_id, url in hostile.items():
+        row = rows[video_id]
+        assert (row["status"], row["error_class"], row["attempts"]) == ("failed", "forbidden_path", 0), row
+        assert repr(url) in row["error_message"]
+    assert "outside download.file_roots" in rows["abcdefghijk"]["error_message"]
+    assert str(secret) in rows["symlinkfile"]["error_message"]  # names where the link really leads
+    assert rows["insideroot0"]["status"] == rows["aliasinroot"]["status"] == "ok"
+    assert copied_files(project) == sorted(["out/aliasinroot.mp4", "out/insideroot0.mp4",
+                                            "scratch/s0001/done/aliasinroot.json",
+                                            "scratch/s0001/done/aliasinroot.mp4",
+                                            "scratch/s0001/done/insideroot0.json",
+                                            "scratch/s0001/done/insideroot0.mp4"])
+
+
+def test_a_root_is_followed_through_its_own_symlink_and_can_be_emptied(project):
+    """Roots are compared after following symlinks: data/sample may itself be a link."""
+    real = project / "elsewhere"
+    (project / "data" / "sample").rename(real)
+    (project / "data" / "sample").symlink_to(real, target_is_directory=True)
+    manifest = write_manifest(project / "s0001.csv", [ManifestEntry("insideroot0", "file:data/sample/inside.mp4")])
+    assert download_shard(manifest, project / "out", project_params(project), seconds=3.0,
+                          progress=False)[0]["status"] == "ok"
+    row = download_shard(manifest, project / "out2", project_params(project, file_roots=(), scratch="s2"),
+                         seconds=3.0, progress=False)[0]
+    assert row["error_class"] == "forbidden_path" and "download.file_roots is empty" in row["error_message"]
+
+
+def test_other_local_path_forms_follow_the_same_rule(project):
+    """Bare and relative paths never pass a manifest; given to the downloader, they are confined too."""
+    manifest = project / "m.csv"
+    manifest.write_text("video_id,url\nabcdefghijk,/etc/passwd\n")
+    with pytest.raises(ManifestError, match="line 2: url '/etc/passwd' must start with http:, https: or file:"):
+        read_manifest(manifest)
+    downloader = ShardDownloader(project_params(project), 3.0, ProxyPool(None, 0.0), project / "scratch",
+                                 sleep=pytest.fail)
+    for url, expected in [("/etc/passwd", "forbidden_path"), ("outside/secret.mp4", "forbidden_path"),
+                          ("data/sample/../outside/x", "forbidden_path"), ("ftp://127.0.0.1/x.mp4", "unsupported"),
+                          ("file:data/sample/none.mp4", "not_found"), ("file:data/sample", "not_media")]:
+        row = downloader.fetch(ManifestEntry("abcdefghijk", url))
+        assert (row["error_class"], row["attempts"]) == (expected, 0), (url, row)
+    assert downloader.fetch(ManifestEntry("abcdefghijk", "data/sample/inside.mp4"))["status"] == "ok"
+    assert copied_files(project) == ["scratch/done/abcdefghijk.json", "scratch/done/abcdefghijk.mp4"]
+
+
+def test_a_web_page_cannot_lead_yt_dlp_to_a_local_file(project):
+    """yt-dlp reads file:// links found on a page when file URLs are on; only file: rows turn them on."""
+    served = project / "served"
+    served.mkdir()
+    playlist = project / "outside" / "list.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:6\n#EXTINF:6,\n"
+                        f"{(project / 'outside' / 'secret.mp4').as_uri()}\n#EXT-X-ENDLIST\n")
+    (served / "page.html").write_text(f'<html><body><video><source src="{playlist.as_uri()}" '
+                                      'type="application/x-mpegURL"></video></body></html>')
+    with VideoServer(served).running() as server:
+        manifest = write_manifest(project / "s0001.csv", [ManifestEntry("hlspage0000", server.url("page.html"))])
+        row = download_shard(manifest, project / "out", project_params(project), seconds=3.0, progress=False)[0]
+    assert (row["error_class"], row["attempts"]) == ("forbidden_path", 1)
+    assert copied_files(project) == []
+
+
+@pytest.mark.parametrize("name", ["v.mp4;rm -rf victim;.mp4", "v$(rm -rf victim).mp4", "v`rm -rf victim`|true.mp4"])
+def test_shell_metacharacters_in_urls_are_only_names(project, videos, name):
+    """No shell sees a URL: yt-dlp and ffmpeg get it as one argument, over HTTP and as a file: URL.
+    (Served names end in .mp4: without a known extension ffmpeg's range download cannot pick a format.)"""
+    folder, names = videos
+    victim = project / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("still here")
+    served = project / "served"
+    served.mkdir()
+    shutil.copy(folder / names[2], served / name)
+    shutil.copy(folder / names[2], project / "data" / "sample" / name)
+    with VideoServer(served).running() as server:
+        manifest = write_manifest(project / "s0001.csv", [
+            ManifestEntry("shellhttp00", server.url(name)),
+            ManifestEntry("shellmissin", server.url(f"absent.mp4;rm -rf {victim}")),
+            ManifestEntry("shellfile00", f"file:data/sample/{name}")])
+        assert [e.url for e in read_manifest(manifest)][0].endswith(name)   # the CSV keeps the row whole
+        rows = {r["video_id"]: r for r in download_shard(manifest, project / "out", project_params(project),
+                                                          seconds=3.0, progress=False)}
+        assert server.fetched(name) >= 1
+    assert (victim / "keep.txt").read_text() == "still here"
+    assert rows["shellhttp00"]["status"] == rows["shellfile00"]["status"] == "ok", rows
+    assert (rows["shellmissin"]["error_class"], rows["shellmissin"]["attempts"]) == ("not_found", 1)
+    assert file_sha256(project / "out" / rows["shellfile00"]["file"]) == file_sha256(folder / names[2])
+
+
+# --- Permanent failures are tried once ---------------------------------------------------------------
+
+
+def test_permanent_failures_are_tried_once_without_backoff_transient_ones_retry(project, videos):
+    folder, names = videos
+    served = project / "served"
+    served.mkdir()
+    shutil.copy(folder / names[0], served / "good.mp4")
+    (served / "garbage.mp4").write_bytes(b"this is no video\n" * 64)
+    (served / "plain.html").write_text("<html><body>no video here</body></html>")
+    (project / "data" / "sample" / "notes.mp4").write_text("a text file with a media extension\n")
+    sleeps: list[float] = []
+    params = project_params(project, backoff_base=30.0, max_attempts=4)
+    downloader = ShardDownloader(params, 3.0, ProxyPool(None, 0.0), project / "scratch", sleep=sleeps.append)
+    with VideoServer(served).running() as server:
+        permanent = [
+            ("not_media", ManifestEntry("notmedialoc", "file:data/sample/notes.mp4")),
+            ("not_media", ManifestEntry("notmediaweb", server.url("garbage.mp4"))),
+            ("not_found", ManifestEntry("notfound000", server.url("absent.mp4"))),
+            ("unsupported", ManifestEntry("unsupported", server.url("plain.html"))),
+            ("checksum", ManifestEntry("checksum000", server.url("good.mp4"), "0" * 64)),
+        ]
+        for expected, entry in permanent:
+            row = downloader.fetch(entry)
+            assert (row["status"], row["error_class"], row["attempts"]) == ("failed", expected, 1), row
+            assert "gave up" not in row["error_message"]
+        assert server.fetched("absent.mp4") == 1 and server.fetched("garbage.mp4") >= 1
+    assert sleeps == [], "a permanent failure waited for a retry"
+    with status_proxy(429) as throttled:
+        pool = ProxyPool([throttled], cooldown=0.0)
+        transient = ShardDownloader(params, 3.0, pool, project / "scratch2", sleep=sleeps.append)
+        row = transient.fetch(ManifestEntry("throttled00", "http://127.0.0.1:9/v.mp4"))
+    assert (row["error_class"], row["attempts"]) == ("rate_limited", 4)
+    assert "gave up after 4 attempts" in row["error_message"]
+    assert len(sleeps) == 3 and all(15.0 <= s <= 30.0 * 4 for s in sleeps)  # backoff between the 4 tries
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("ERROR: ffmpeg exited with code 183", "not_media"),
+    ("ERROR: This format cannot be partially downloaded. Aborting", "unsupported"),
+    ("file:// URLs are disabled by default in yt-dlp for security reasons. Use --enable-file-urls", "forbidden_path"),
+    ("ERROR: ffmpeg exited with code 1", "download_error"),
+])
+def test_deterministic_yt_dlp_failures_get_permanent_classes(message, expected):
+    from yt_dlp.utils import DownloadError
+
+    assert classify(DownloadError(message))[0] == expected
+
+
+def test_file_roots_are_a_validated_list(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("download:\n  file_roots: data/sample\n")
+    with pytest.raises(ParamsError, match="download.file_roots must be a list"):
+        load_params(path, ["download"])
+    path.write_text("download:\n  file_roots: [data/sample, '']\n")
+    with pytest.raises(ParamsError, match="download.file_roots: lists an empty folder name"):
+        load_params(path, ["download"])
+    path.write_text("download:\n  file_root: [data/sample]\n")
+    with pytest.raises(ParamsError, match="unknown key 'download.file_root'.*did you mean 'download.file_roots'"):
+        load_params(path, ["download"])
+    from pipeline.embedded import SAMPLE_DIR
+
+    assert DownloadParams().file_roots == (str(SAMPLE_DIR),)  # the embedded sample shard's files are allowed
+
+
+# --- v2m manifest status ------------------------------------------------------------------------------
+
+
+def status_row(video_id: str, error_class: str | None = None) -> dict:
+    return {"video_id": video_id, "status": "ok" if error_class is None else "failed", "error_class": error_class,
+            "error_message": None if error_class is None else "x", "attempts": 1, "proxy": None, "bytes": None,
+            "sha256": None, "duration": None, "fetched_at": None, "ytdlp_version": None, "file": None}
+
+
+def test_manifest_status_counts_constructed_status_tables(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    monkeypatch.chdir(tmp_path)
+    manifests, raw = tmp_path / "data" / "manifests", tmp_path / "data" / "raw"
+    ids = [f"vid{i:08d}" for i in range(14)]
+    write_manifest(manifests / "s0001.csv", [ManifestEntry(i, f"https://example.org/{i}") for i in ids[:10]])
+    write_manifest(manifests / "s0002.csv", [ManifestEntry(i, f"https://example.org/{i}") for i in ids[10:]])
+    classes = [None, None, None, None, "not_found", "not_found", "private", "checksum", "proxy"]  # ids[9]: no row
+    write_status(raw / "s0001" / "status.parquet",
+                 [status_row(i, c) for i, c in zip(ids, classes)] + [status_row("notlisted00", "removed")],
+                 STATUS_SCHEMA)
+    cli.main(["manifest", "status", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    first, second = report["shards"]
+    assert first == {"shard": "s0001", "ids": 10, "downloaded": 4, "failed": 5,
+                     "failed_by_class": {"checksum": 1, "not_found": 2, "private": 1, "proxy": 1},
+                     "permanent": 4, "transient": 1, "not_tried": 1,
+                     "resolves": 0.5, "resolves_low": 0.4, "resolves_high": 0.6}
+    assert second == {"shard": "s0002", "ids": 4, "downloaded": 0, "failed": 0, "failed_by_class": {},
+                      "permanent": 0, "transient": 0, "not_tried": 4,
+                      "resolves": None, "resolves_low": 0.0, "resolves_high": 1.0}
+    assert report["total"] == {"shard": "total", "ids": 14, "downloaded": 4, "failed": 5,
+                               "failed_by_class": first["failed_by_class"], "permanent": 4, "transient": 1,
+                               "not_tried": 5, "resolves": 0.5, "resolves_low": 0.2857, "resolves_high": 0.7143}
+    cli.main(["manifest", "status", "s0001"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].split()[:7] == ["s0001", "10", "4", "5", "1", "50.0%", "40.0%-60.0%"]
+    assert lines[1].endswith("checksum* 1, not_found* 2, private* 1, proxy 1")
+    cli.main(["manifest", "status"])
+    assert capsys.readouterr().out.splitlines()[-1].split()[:6] == ["total", "14", "4", "5", "5", "50.0%"]
+
+
+def test_manifest_status_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from pipeline import cli
+
+    monkeypatch.chdir(tmp_path)
+    write_manifest(tmp_path / "data" / "manifests" / "s0001.csv", [ManifestEntry("vid00000000", "https://e.org/v")])
+    (tmp_path / "data" / "raw" / "s0001").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "s0001" / "status.parquet").write_text("not parquet")
+    for argv, expected in [(["s0009"], "data/manifests/s0009.csv: no such manifest"),
+                           (["first"], "'first' is not a shard name"),
+                           (["s0001"], "data/raw/s0001/status.parquet: not a download status table")]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["manifest", "status", *argv])
+        stderr = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+        assert stderr.startswith("v2m: error: ") and expected in stderr

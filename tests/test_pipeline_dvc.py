@@ -88,6 +88,7 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     work = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["sample"].update(n_clips=6, seconds=3.0)
+    params["download"]["file_roots"] = ["data/sample", "extra"]  # the extra shard below is read from extra/
     params["clip"].update(seconds=2.0, min_seconds=2.0)
     params["separate"]["embedded"].update(train_steps=2, train_batch=2, train_segment_seconds=1.0)
     params["split"].update(val_fraction=0.3, test_fraction=0.3)

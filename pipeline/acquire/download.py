@@ -1,9 +1,11 @@
 """Download a manifest shard with yt-dlp through rotating proxies, resumably.
 
-For each video: pick the next healthy proxy, fetch only the first ``seconds`` with yt-dlp's
-download ranges, and on failure decide by the error's class:
+For each video: refuse a local path outside ``download.file_roots`` before anything is fetched,
+pick the next healthy proxy, fetch only the first ``seconds`` with yt-dlp's download ranges, and on
+failure decide by the error's class:
   - proxy/transport failure, HTTP 403, HTTP 429, bot check -> rest that proxy, back off, try the next;
-  - 404 / private / removed / unsupported -> permanent, no retry;
+  - 404 / private / removed / unsupported / not media / checksum mismatch / forbidden path ->
+    permanent: a retry would get the same answer, so one attempt and no backoff;
   - anything else -> back off and retry, up to ``max_attempts``.
 
 Finished videos land in a scratch cache outside the DVC outputs (``<scratch>/<shard>/done``);
@@ -27,22 +29,26 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
+from typing import Iterable, Sequence
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import yt_dlp
 from tqdm import tqdm
 from yt_dlp.networking.exceptions import HTTPError, TransportError
-from yt_dlp.utils import DownloadError, download_range_func, parse_bytes
+from yt_dlp.utils import DownloadError, YoutubeDLError, download_range_func, parse_bytes
 
 from pipeline import media
-from pipeline.acquire.manifest import ManifestEntry, read_manifest
+from pipeline.acquire.manifest import MANIFEST_DIR, ManifestEntry, read_manifest, shard_path
 from pipeline.acquire.proxies import ProxyPool, read_proxy_list
 from pipeline.config import DownloadParams
+from pipeline.errors import UserError
 from pipeline.files import atomic_path, file_sha256
-from pipeline.status import OK, failed_row, ok_row, STATUS_FILE, status_schema, summary, write_status
+from pipeline.status import OK, STATUS_FILE, failed_row, ok_row, read_status, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.download")
+
+RAW_DIR = Path("data/raw")  # the download stage's output: data/raw/<shard>/ (videos + status.parquet)
 
 STATUS_SCHEMA = status_schema(
     pa.field("attempts", pa.int16()),
@@ -55,29 +61,31 @@ STATUS_SCHEMA = status_schema(
     pa.field("file", pa.string()),            # the video's file name in the output folder
 )
 
-# Error classes. Rotating ones are the proxy's fault (or the site's reaction to it).
+# Error classes. Rotating ones are the proxy's fault (or the site's reaction to it): another proxy may
+# do. Permanent ones are facts about the row (the id is gone, the content is no video, the path is
+# outside the roots): every retry would get the same answer. Any other class is retried with backoff.
 ROTATE = {"proxy", "forbidden", "rate_limited", "bot_check"}
-PERMANENT = {"not_found", "private", "removed", "unsupported", "checksum"}
+PERMANENT = {"not_found", "private", "removed", "unsupported", "checksum", "not_media", "forbidden_path"}
+NETWORK_SCHEMES = ("http", "https")
 BOT_CHECK_MARKERS = ("confirm you're not a bot", "confirm you are not a bot", "captcha", "unusual traffic")
 PRIVATE_MARKERS = ("private video",)
 REMOVED_MARKERS = ("has been removed", "account associated with this video has been terminated",
                    "video unavailable", "no longer available", "copyright")
 
 
-@dataclass
-class Attempt:
-    """Outcome of one try at one video."""
-
-    ok: bool
-    error_class: str | None = None
-    message: str | None = None
-
-
 def classify(error: BaseException) -> tuple[str, str]:
-    """``(error class, one-line message)`` of a yt-dlp failure."""
-    cause = error.exc_info[1] if isinstance(error, DownloadError) and error.exc_info else None
+    """``(error class, one-line message)`` of a yt-dlp failure.
+
+    Mostly a ``DownloadError`` wrapping the cause; a request an extractor makes while reading a page
+    can also raise its ``RequestError`` unwrapped.
+    """
+    cause = (error.exc_info[1] if error.exc_info else None) if isinstance(error, DownloadError) else error
     text = str(error)
     lowered = text.lower()
+    if "file:// urls are disabled" in lowered:
+        # A web page (or redirect) that leads to a local file: only the manifest's own file: URLs may.
+        return "forbidden_path", "the URL leads to a local file (file://); only the manifest's file: URLs " \
+                                 "under download.file_roots may"
     if isinstance(cause, HTTPError):
         status = cause.status
         if status in (404, 410):
@@ -95,8 +103,11 @@ def classify(error: BaseException) -> tuple[str, str]:
         return "private", _one_line(text)
     if any(m in lowered for m in REMOVED_MARKERS):
         return "removed", _one_line(text)
-    if "unsupported url" in lowered:
+    if "unsupported url" in lowered or "cannot be partially downloaded" in lowered:
         return "unsupported", _one_line(text)
+    if "ffmpeg exited with code 183" in lowered:
+        # 183 = AVERROR_INVALIDDATA & 0xff: ffmpeg read the bytes and they are no media it knows.
+        return "not_media", "not a media file (ffmpeg: invalid data found when processing input)"
     if "http error 404" in lowered or "no such file" in lowered:
         return "not_found", _one_line(text)
     return "download_error", _one_line(text)
@@ -109,11 +120,57 @@ def _one_line(text: str) -> str:
     return text.splitlines()[0][:500] if text else "unknown error"
 
 
-def resolve_url(url: str) -> str:
-    """``file:`` URLs with relative paths become absolute ``file://`` URLs (yt-dlp needs those)."""
-    if url.startswith("file:") and not url.startswith("file://"):
-        return Path(unquote(url[5:])).resolve().as_uri()
-    return url
+class _Refused(Exception):
+    """A row refused before any fetch, with its error class."""
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
+
+
+def resolved_roots(roots: Iterable[str]) -> tuple[Path, ...]:
+    """``download.file_roots`` as real folders: relative to the working directory, symlinks followed."""
+    return tuple(Path(root).resolve() for root in roots)
+
+
+def source_url(url: str, roots: Sequence[Path]) -> str:
+    """The URL yt-dlp is given for a manifest ``url``.
+
+    http(s) URLs go as they are. Anything else names a local file (a ``file:`` URL, a relative one
+    resolved against the working directory, or a bare path): it goes as the ``file://`` URL of its
+    real path (symlinks followed) and only when that lies under one of ``roots`` (see
+    :func:`resolved_roots`), so yt-dlp reads exactly the file that was checked.
+
+    Raises:
+        _Refused: ``forbidden_path`` outside the roots (or on another host); ``not_found`` or
+            ``not_media`` for a missing or non-regular file inside them; ``unsupported`` for another
+            scheme.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in NETWORK_SCHEMES:
+        return url
+    if scheme == "file":
+        if parts.netloc.lower() not in ("", "localhost"):
+            raise _Refused("forbidden_path", f"{url!r} names host {parts.netloc!r}: file: URLs must be local")
+        path = unquote(parts.path)
+    elif scheme == "":
+        path = url
+    else:
+        raise _Refused("unsupported", f"{url!r}: the scheme {parts.scheme}: is not http, https or file")
+    try:
+        target = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError) as error:  # a symlink loop, a NUL byte
+        raise _Refused("forbidden_path", f"{url!r} cannot be resolved ({error})") from None
+    if not any(target.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots) or "none: download.file_roots is empty"
+        raise _Refused("forbidden_path", f"{url!r} is {target}, outside download.file_roots ({allowed})")
+    if not target.exists():
+        raise _Refused("not_found", f"{url!r}: no such file {target}")
+    if not target.is_file():
+        # A folder, FIFO or device: yt-dlp would fail on it or block reading it.
+        raise _Refused("not_media", f"{url!r}: {target} is not a regular file")
+    return target.as_uri()
 
 
 class _QuietLogger:
@@ -147,6 +204,7 @@ class ShardDownloader:
         self.work_dir = scratch / "work"
         self.sleep = sleep
         self.rate_limit = parse_bytes(params.rate_limit) if params.rate_limit else None
+        self.file_roots = resolved_roots(params.file_roots)
         self._started = threading.Event()
 
     def ytdlp_options(self, url: str, target: Path, proxy_url: str | None) -> dict:
@@ -169,11 +227,13 @@ class ShardDownloader:
             "extractor_retries": 0,
             "proxy": proxy_url or "",
             "ffmpeg_location": media.ffmpeg_exe(),
-            "enable_file_urls": True,
+            # Only a file: row (already confined by source_url) may read a local file; for a web URL,
+            # yt-dlp would otherwise follow a page's or a redirect's file:// link anywhere on the disk.
+            "enable_file_urls": url.startswith("file:"),
             "cachedir": False,
             "overwrites": True,
         }
-        if url.startswith(("http://", "https://")):
+        if urlsplit(url).scheme.lower() in NETWORK_SCHEMES:
             # file: URLs are local copies: ffmpeg's range download does not take them.
             options["download_ranges"] = download_range_func(None, [(0, self.window)])
         return options
@@ -199,13 +259,18 @@ class ShardDownloader:
 
     def fetch(self, entry: ManifestEntry) -> dict:
         """Try one video until it succeeds, fails permanently or runs out of attempts; a status row."""
+        try:
+            # Before the cache too: a file an earlier run took from outside today's roots stays out.
+            url = source_url(entry.url, self.file_roots)
+        except _Refused as refused:
+            log.info("%s refused: %s (%s)", entry.video_id, refused.error_class, refused)
+            return self._failed(entry, refused.error_class, str(refused), attempts=0, proxy_label=None)
         previous = self.finished(entry)
         if previous is not None:
             return previous
         if self._started.is_set() and self.params.sleep_max > 0:
             self.sleep(random.uniform(self.params.sleep_min, self.params.sleep_max))
         self._started.set()
-        url = resolve_url(entry.url)
         last_class, last_message, proxy_label = "download_error", "not tried", None
         for attempt in range(1, self.params.max_attempts + 1):
             proxy, wait = self.pool.acquire()
@@ -221,12 +286,14 @@ class ShardDownloader:
                 row = self._commit(entry, work, attempt, proxy_label)
                 self.pool.succeeded(proxy)
                 return row
-            except DownloadError as error:
+            except YoutubeDLError as error:
                 last_class, last_message = classify(error)
             except (OSError, media.MediaError) as error:
                 last_class, last_message = "download_error", _one_line(str(error))
             except _ChecksumMismatch as error:
                 last_class, last_message = "checksum", str(error)
+            except _NotMedia as error:
+                last_class, last_message = "not_media", str(error)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             last_message = self.pool.scrub(last_message)
@@ -239,10 +306,17 @@ class ShardDownloader:
             if attempt < self.params.max_attempts:
                 backoff = min(self.params.backoff_max, self.params.backoff_base * 2 ** (attempt - 1))
                 self.sleep(backoff * random.uniform(0.5, 1.0))
-        return failed_row(entry.video_id, last_class,
-                          last_message if last_class in PERMANENT else f"{last_message} (gave up after {attempt} attempts)",
-                          attempts=attempt, proxy=proxy_label, bytes=None, sha256=None, duration=None,
-                          fetched_at=_now(), ytdlp_version=yt_dlp.version.__version__, file=None)
+        return self._failed(entry, last_class, last_message, attempt, proxy_label)
+
+    @staticmethod
+    def _failed(entry: ManifestEntry, error_class: str, message: str, attempts: int,
+                proxy_label: str | None) -> dict:
+        """The status row of a video that failed: ``attempts`` fetches were tried (0 = refused before any)."""
+        if error_class not in PERMANENT:
+            message = f"{message} (gave up after {attempts} attempts)"
+        return failed_row(entry.video_id, error_class, message, attempts=attempts, proxy=proxy_label, bytes=None,
+                          sha256=None, duration=None, fetched_at=_now(), ytdlp_version=yt_dlp.version.__version__,
+                          file=None)
 
     def _commit(self, entry: ManifestEntry, work: Path, attempt: int, proxy_label: str | None) -> dict:
         """Move a finished download into the scratch cache; the JSON record written last marks it done."""
@@ -253,7 +327,10 @@ class ShardDownloader:
         digest = file_sha256(produced)
         if entry.sha256 and digest != entry.sha256:
             raise _ChecksumMismatch(f"content sha256 {digest[:12]}... differs from the manifest's {entry.sha256[:12]}...")
-        duration = media.probe(produced).duration
+        try:
+            duration = media.probe(produced).duration
+        except media.MediaError as error:
+            raise _NotMedia(f"not a media file ({str(error).replace(f'{produced}: ', '')})") from None
         self.done_dir.mkdir(parents=True, exist_ok=True)
         name = f"{entry.video_id}{produced.suffix}"
         os.replace(produced, self.done_dir / name)
@@ -266,6 +343,10 @@ class ShardDownloader:
 
 
 class _ChecksumMismatch(Exception):
+    pass
+
+
+class _NotMedia(Exception):
     pass
 
 
@@ -316,3 +397,116 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+class StatusTableError(UserError, ValueError):
+    """A download status table that cannot be read; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What the download status table says about a shard's ids (see :func:`shard_summary`).
+
+    ``resolves`` is the share of ids that still give their video among those whose fate is settled:
+    downloaded / (downloaded + permanent failures). Transient failures (proxy, 403, 429, bot check,
+    other download errors) and ids not yet tried say nothing about the id, only about the route, so
+    they are left out; ``resolves_low`` counts them all as dead and ``resolves_high`` all as alive.
+    """
+
+    shard: str
+    ids: int
+    downloaded: int
+    failed_by_class: dict[str, int]
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_by_class.values())
+
+    @property
+    def not_tried(self) -> int:
+        return self.ids - self.downloaded - self.failed
+
+    @property
+    def permanent(self) -> int:
+        return sum(n for name, n in self.failed_by_class.items() if name in PERMANENT)
+
+    @property
+    def transient(self) -> int:
+        return self.failed - self.permanent
+
+    @property
+    def resolves(self) -> float | None:
+        settled = self.downloaded + self.permanent
+        return self.downloaded / settled if settled else None
+
+    @property
+    def resolves_low(self) -> float | None:
+        return self.downloaded / self.ids if self.ids else None
+
+    @property
+    def resolves_high(self) -> float | None:
+        return (self.ids - self.permanent) / self.ids if self.ids else None
+
+    @classmethod
+    def total(cls, summaries: Sequence["ShardSummary"]) -> "ShardSummary":
+        failed: dict[str, int] = {}
+        for item in summaries:
+            for name, n in item.failed_by_class.items():
+                failed[name] = failed.get(name, 0) + n
+        return cls("total", sum(s.ids for s in summaries), sum(s.downloaded for s in summaries),
+                   dict(sorted(failed.items())))
+
+    def as_json(self) -> dict:
+        """The ``v2m manifest status --json`` record (shares rounded to 4 decimals; null without ids)."""
+        def share(value: float | None) -> float | None:
+            return None if value is None else round(value, 4)
+
+        return {"shard": self.shard, "ids": self.ids, "downloaded": self.downloaded, "failed": self.failed,
+                "failed_by_class": dict(self.failed_by_class), "permanent": self.permanent,
+                "transient": self.transient, "not_tried": self.not_tried, "resolves": share(self.resolves),
+                "resolves_low": share(self.resolves_low), "resolves_high": share(self.resolves_high)}
+
+
+def shard_summary(shard: str, manifest_dir: Path | str = MANIFEST_DIR, raw_dir: Path | str = RAW_DIR) -> ShardSummary:
+    """Count a shard's manifest ids by their row in ``<raw_dir>/<shard>/status.parquet``.
+
+    An id without a row (no status table yet: the shard's download never finished) is not yet
+    tried; rows of ids the manifest no longer lists are ignored.
+    """
+    ids = {entry.video_id for entry in read_manifest(shard_path(shard, Path(manifest_dir)))}
+    table = Path(raw_dir) / shard / STATUS_FILE
+    rows = []
+    if table.is_file():
+        try:
+            rows = read_status(table)
+        except (pa.ArrowException, OSError) as error:
+            raise StatusTableError(f"{table}: not a download status table ({_one_line(str(error))})") from None
+        missing = [name for name in ("video_id", "status", "error_class") if rows and name not in rows[0]]
+        if missing:
+            raise StatusTableError(f"{table}: not a download status table (no column {missing[0]!r})")
+    downloaded, failed = 0, {}
+    for row in rows:
+        if row["video_id"] not in ids:
+            continue
+        if row["status"] == OK:
+            downloaded += 1
+        else:
+            name = row["error_class"] or "unknown"
+            failed[name] = failed.get(name, 0) + 1
+    return ShardSummary(shard, len(ids), downloaded, dict(sorted(failed.items())))
+
+
+def summary_table(summaries: Sequence[ShardSummary]) -> str:
+    """The text form of ``v2m manifest status``: one line per shard, then the total when there are several."""
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    lines = [f"{'shard':<6} {'ids':>7} {'downloaded':>10} {'failed':>7} {'not tried':>9} {'resolves':>8} "
+             f"{'(low-high)':>15}  failed by class (* = permanent)"]
+    shown = list(summaries) + ([ShardSummary.total(summaries)] if len(summaries) > 1 else [])
+    for s in shown:
+        classes = ", ".join(f"{name}{'*' if name in PERMANENT else ''} {n}" for name, n in s.failed_by_class.items())
+        bounds = f"{percent(s.resolves_low)}-{percent(s.resolves_high)}" if s.ids else "-"
+        lines.append(f"{s.shard:<6} {s.ids:>7} {s.downloaded:>10} {s.failed:>7} {s.not_tried:>9} "
+                     f"{percent(s.resolves):>8} {bounds:>15}  {classes or '-'}")
+    return "\n".join(lines)
