@@ -100,21 +100,27 @@ def _section_with_options(args: argparse.Namespace, name: str, cls: type, option
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    from pipeline.generate import Generator, check_model_folder, check_video, score_video
+    from pipeline import media
 
     params = _section_with_options(args, "generate", config.GenerateParams, {
         "model": str(args.model) if args.model else None, "cfg": args.cfg, "top_k": args.top_k,
         "temperature": args.temperature, "seed": args.seed, "window_seconds": args.window_seconds,
         "prompt_seconds": args.prompt_seconds, "device": args.device})
-    check_video(args.video)      # before minutes of model loading
+    # The input and output are proven (probe + one-frame trial mux) before torch is even imported:
+    # a video that cannot be handled is refused in well under a second, not after the sampling.
+    media.check_output(args.video, args.output)
+    plan = media.plan_mux(args.video, keep_audio=args.keep_audio, info=media.check_video(args.video))
+    from pipeline.generate import Generator, check_model_folder, score_video
+
     check_model_folder(params.model, params)
     _quiet_transformers()
     generator = Generator.load(params.model, device=params.device)
     music = score_video(generator, args.video, args.output, params, wav=args.wav, keep_audio=args.keep_audio,
-                        progress=not args.quiet)
+                        progress=not args.quiet, plan=plan)
     extra = f" and {args.wav}" if args.wav else ""
+    fixes = "".join(f"; {fix} for the features" for fix in music.picture.fixes)
     print(f"wrote {args.output}{extra}: {music.seconds:.2f} s of music in {len(music.windows)} window(s), "
-          f"{'mixed over' if args.keep_audio else 'replacing'} the original audio")
+          f"{'mixed over' if args.keep_audio else 'replacing'} the original audio; {plan.description}{fixes}")
 
 
 def _quiet_transformers() -> None:

@@ -42,11 +42,11 @@ from pipeline.model.sampling import generate_codes
 from pipeline.files import atomic_path
 from pipeline.model.v2m import V2MConfig, V2MModel
 from pipeline.split import ids_in
-from pipeline.status import failed_row, ok_row, STATUS_FILE, ok_ids, status_schema, write_status
+from pipeline.status import (PICTURE_FIELDS, STATUS_FILE, failed_row, ok_ids, ok_row, picture_columns, status_schema,
+                             write_status)
 
 log = logging.getLogger("v2m.generate")
 
-MIN_SECONDS = 0.5
 # Below this decoder width one sampling step is too little work to split across CPU threads: measured
 # on 2 cores, the tiny decoder sampled 15x faster on 1 thread than on 2 when the machine was busy.
 SMALL_DECODER_WIDTH = 512
@@ -94,6 +94,7 @@ class Music:
         audio: float32 ``[1, S]`` at ``sample_rate``, loudness-normalised, exactly the video's length.
         codes: int64 ``[K, T]`` at 50 Hz.
         windows: ``(start, end)`` seconds of each generation window.
+        picture: the rotation and pixel shape undone before the features (nothing is done to the output's).
     """
 
     audio: np.ndarray
@@ -102,20 +103,7 @@ class Music:
     seconds: float
     windows: list[tuple[float, float]] = field(default_factory=list)
     gain_db: float = 0.0
-
-
-def check_video(video: Path | str) -> media.MediaInfo:
-    """The video's stream facts, if it is one music can be made for (cheap: headers only).
-
-    Raises:
-        MediaError: missing, empty or unreadable file, no video stream, shorter than 0.5 s.
-    """
-    info = media.probe(video)
-    if info.width is None:
-        raise media.MediaError(f"{video}: has no video stream")
-    if info.duration < MIN_SECONDS:
-        raise media.MediaError(f"{video}: {info.duration:.2f} s long; music needs at least {MIN_SECONDS} s of video")
-    return info
+    picture: media.Picture = field(default_factory=media.Picture)
 
 
 def plan_windows(total_steps: int, window_steps: int, prompt_steps: int) -> list[tuple[int, int, int]]:
@@ -181,7 +169,9 @@ def check_model_folder(model_dir: Path | str, params: GenerateParams | None = No
 
 def generate_music(generator: Generator, video: Path | str, params: GenerateParams, *, progress: bool = True,
                    step_callback: Callable[[int], None] | None = None) -> Music:
-    """Music for ``video``: any size, orientation, frame rate or length, with or without audio.
+    """Music for ``video``: any size, orientation, pixel shape, frame rate or length, with or without audio.
+
+    The features see the picture as it is played (upright, square pixels; :func:`media.sample_frames`).
 
     Args:
         params: sampling (cfg, top_k, temperature, seed), windowing and loudness.
@@ -191,7 +181,7 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
         UserError (MediaError): unreadable video, no video stream, shorter than 0.5 s.
     """
     video = Path(video)
-    seconds = check_video(video).duration
+    seconds = media.check_video(video).duration
     model, config = generator.model, generator.model.config
     features = generator.recipe.features
     window_steps, prompt_steps = window_steps_of(params, generator.recipe)
@@ -244,7 +234,7 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
     audio = np.pad(audio, ((0, 0), (0, max(0, samples - audio.shape[1]))))[:, :samples]
     audio, gain_db = normalize_loudness(audio, generator.sample_rate, params.loudness_lufs, params.peak_dbfs)
     return Music(audio=audio, sample_rate=generator.sample_rate, codes=codes.numpy(), seconds=seconds,
-                 windows=windows, gain_db=gain_db)
+                 windows=windows, gain_db=gain_db, picture=extracted.picture)
 
 
 def _frames_of(start: int, end: int, frames_per_step: float) -> slice:
@@ -263,20 +253,23 @@ def _fill(frames: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def score_video(generator: Generator, video: Path | str, out: Path | str, params: GenerateParams, *,
-                wav: Path | str | None = None, keep_audio: bool = False, progress: bool = True) -> Music:
+                wav: Path | str | None = None, keep_audio: bool = False, progress: bool = True,
+                plan: media.MuxPlan | None = None) -> Music:
     """Generate music for ``video`` and write ``out`` (the video with the music), plus ``wav`` if given.
 
-    Both files are written atomically; the output lasts exactly as long as the input.
+    Both files are written atomically; the output lasts exactly as long as the input. Before any
+    sampling, a one-frame trial mux proves ``out`` can be written (:func:`media.plan_mux`).
+
+    Args:
+        plan: the trial's result when the caller already made it (``v2m generate`` does, before loading models).
     """
-    out = Path(out)
-    if out.suffix.lower() != ".mp4":
-        raise UserError(f"{out}: the output is an mp4 (name it .mp4)")
-    if Path(video).resolve() == out.resolve():
-        raise UserError(f"{out}: would overwrite the input video; choose another output name")
+    media.check_output(video, out)
+    plan = plan or media.plan_mux(video, keep_audio=keep_audio, info=media.check_video(video))
     music = generate_music(generator, video, params, progress=progress)
     if wav is not None:
         media.write_wav(wav, music.audio, music.sample_rate)
-    media.mux_music(video, music.audio, music.sample_rate, out, duration=music.seconds, keep_audio=keep_audio)
+    media.mux_music(video, music.audio, music.sample_rate, out, duration=music.seconds, keep_audio=keep_audio,
+                    plan=plan)
     return music
 
 
@@ -284,7 +277,7 @@ def score_video(generator: Generator, video: Path | str, out: Path | str, params
 
 GENERATED_STATUS = status_schema(pa.field("shard", pa.string()), pa.field("seconds", pa.float64()),
                                  pa.field("windows", pa.int32()), pa.field("gain_db", pa.float64()),
-                                 pa.field("compute_seconds", pa.float64()))
+                                 pa.field("compute_seconds", pa.float64()), *PICTURE_FIELDS)
 
 
 def split_clips(clip_dirs: dict[str, Path], split: SplitParams, which: str, max_clips: int = 0) -> list[tuple[str, Path]]:
@@ -310,7 +303,7 @@ def generate_set(generator: Generator, clips: list[tuple[str, Path]], out_dir: P
                 music = score_video(generator, clip, temp / f"{video_id}.mp4", params, wav=temp / f"{video_id}.wav",
                                     progress=False)
                 row = ok_row(video_id, shard=shard, seconds=music.seconds, windows=len(music.windows),
-                             gain_db=music.gain_db)
+                             gain_db=music.gain_db, **picture_columns(music.picture))
             except UserError as error:
                 row = failed_row(video_id, type(error).__name__, str(error), shard=shard)
                 log.warning("%s: %s", video_id, error)
@@ -320,4 +313,4 @@ def generate_set(generator: Generator, clips: list[tuple[str, Path]], out_dir: P
     return rows
 
 
-__all__ = ["Generator", "Music", "check_model_folder", "check_video", "generate_music", "generate_set", "plan_windows", "score_video", "split_clips"]
+__all__ = ["Generator", "Music", "check_model_folder", "generate_music", "generate_set", "plan_windows", "score_video", "split_clips"]

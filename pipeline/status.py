@@ -26,6 +26,16 @@ BASE_FIELDS = [
     pa.field("error_message", pa.string()),   # null when ok; one human-readable line
 ]
 
+# What was undone to show a video's picture as played (pipeline.media.Picture): the clip, feature and
+# generate stages' rows carry them. rotation: degrees clockwise, 0 = none; sar: the source's pixel
+# shape, "1:1" = square (none).
+PICTURE_FIELDS = [pa.field("rotation", pa.int16()), pa.field("sar", pa.string())]
+
+
+def picture_columns(picture) -> dict:
+    """The :data:`PICTURE_FIELDS` of a ``pipeline.media.Picture``."""
+    return {"rotation": picture.rotation, "sar": f"{picture.sar.numerator}:{picture.sar.denominator}"}
+
 
 def status_schema(*extra: pa.Field) -> pa.Schema:
     """The common columns followed by a stage's own."""

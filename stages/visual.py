@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pipeline.errors import user_errors
 from pipeline.config import load_params
-from pipeline.features.extract import clip_inputs, extract_tables, write_feature_status
+from pipeline.features.extract import FRAME_FEATURE_STATUS, clip_inputs, extract_tables, write_feature_status
 from pipeline.features.visual import load_clip
 from pipeline.status import summary
 
@@ -19,7 +19,7 @@ def main(shard: str) -> None:
         out = Path("data/features/clip")
         rows = extract_tables(clip_inputs(Path("data/clips") / shard), visual=visual, model=model,
                               clip_out=out / f"{shard}.parquet", desc=f"visual {shard}")
-        write_feature_status(out / f"{shard}.status.parquet", rows)
+        write_feature_status(out / f"{shard}.status.parquet", rows, FRAME_FEATURE_STATUS)
         print(f"visual {shard}: {summary(rows)}")
 
 

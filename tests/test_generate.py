@@ -1,7 +1,8 @@
 """`v2m generate` on the videos users have: any size, orientation, frame rate, length, with or without sound.
 
-A tiny model of the real architecture (random weights) with a tiny random CLIP and codec, exported
-the way the train stage exports (config + safetensors + features.json), drives the real path:
+A tiny model of the real architecture (random weights; conftest's ``model_dir``) with a tiny random
+CLIP and codec, exported the way the train stage exports (config + safetensors + features.json), drives
+the real path:
 decode -> CLIP/Farneback -> windowed sampling -> EnCodec decoding -> loudness -> ffmpeg mux.
 """
 
@@ -17,16 +18,11 @@ import pytest
 
 from pipeline import media
 from pipeline.audio import integrated_loudness, normalize_loudness
-from pipeline.config import FeaturesParams, GenerateParams
-from pipeline.features import codec as codec_lib
-from pipeline.features.recipe import RECIPE_FILE, FeatureRecipe, read_recipe
-from pipeline.features.visual import save_random_clip
-from pipeline.generate import Generator, generate_music, plan_windows
-from pipeline.model.builder import tiny_config
-from pipeline.model.v2m import V2MModel
+from pipeline.config import GenerateParams
+from pipeline.features.recipe import read_recipe
+from pipeline.generate import generate_music, plan_windows
 
-SEGMENT_SECONDS = 2.0
-CODEBOOK = 64
+SEGMENT_SECONDS = 2.0   # the recipe of conftest's tiny model
 
 
 def frames(count: int, height: int, width: int, seed: int = 0):
@@ -40,31 +36,6 @@ def frames(count: int, height: int, width: int, seed: int = 0):
 def tone(seconds: float, rate: int = 44100, channels: int = 2) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return np.repeat((0.3 * np.sin(2 * np.pi * 440 * t))[None], channels, axis=0).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny exported model whose recipe names a tiny random CLIP and a tiny random codec."""
-    root = tmp_path_factory.mktemp("generator")
-    clip = save_random_clip(root / "clip", seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                            num_attention_heads=2)
-    codec = codec_lib.random_codec(0, codec_lib.encodec_32khz_config(
-        num_filters=4, hidden_size=16, codebook_size=CODEBOOK, target_bandwidths=[1.2]))
-    codec.save_pretrained(root / "codec")
-    features = FeaturesParams()
-    features = dataclasses.replace(
-        features, clip=dataclasses.replace(features.clip, model=str(clip), batch_size=16),
-        flow=dataclasses.replace(features.flow, size=64),
-        codes=dataclasses.replace(features.codes, codec=str(root / "codec"), bandwidth=1.2))
-    config = tiny_config(visual_in_dim=32, motion_size=64, motion_patch=16, codebook_size=CODEBOOK)
-    model = V2MModel(config)
-    model.save_pretrained(root / "v2m", extra_files={RECIPE_FILE: FeatureRecipe(features, SEGMENT_SECONDS).to_json()})
-    return root / "v2m"
-
-
-@pytest.fixture(scope="module")
-def generator(model_dir) -> Generator:
-    return Generator.load(model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

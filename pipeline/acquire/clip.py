@@ -1,7 +1,8 @@
 """Exact first-N-second clips in the formats the later stages read.
 
 Per video, in the shard's clip folder:
-  ``<id>.mp4``      H.264 at ``fps``, at most ``max_height`` tall, with its AAC audio: exactly
+  ``<id>.mp4``      H.264 at ``fps``, at most ``max_height`` tall, upright (rotation tag applied) with
+                    square pixels (status columns ``rotation`` and ``sar`` say what was undone), with its AAC audio: exactly
                     ``round(seconds * fps)`` frames (feature extraction, and the reference to play)
   ``<id>.32k.wav``  the audio, mono 32 kHz, exactly ``round(seconds * 32000)`` samples
   ``<id>.44k.wav``  the audio, stereo 44.1 kHz, sample-exact (Demucs's input)
@@ -22,7 +23,8 @@ from tqdm import tqdm
 from pipeline import media
 from pipeline.config import ClipParams
 from pipeline.files import atomic_path
-from pipeline.status import OK, failed_row, ok_row, STATUS_FILE, read_status, status_schema, summary, write_status
+from pipeline.status import (OK, PICTURE_FIELDS, STATUS_FILE, failed_row, ok_row, picture_columns, read_status,
+                             status_schema, summary, write_status)
 
 log = logging.getLogger("v2m.clip")
 
@@ -32,6 +34,7 @@ STATUS_SCHEMA = status_schema(
     pa.field("width", pa.int16()),
     pa.field("height", pa.int16()),
     pa.field("source_duration", pa.float64()),
+    *PICTURE_FIELDS,
 )
 
 
@@ -47,7 +50,7 @@ def clip_one(source: Path, out_dir: Path, video_id: str, params: ClipParams) -> 
         kind = "empty" if "0 bytes" in str(error) else "unreadable"
         return failed(video_id, kind, str(error))
     if info.width is None:
-        return failed(video_id, "no_video", f"{source}: has no video stream")
+        return failed(video_id, "no_video", f"{source}: {info.no_video_reason}")
     if info.audio_rate is None:
         return failed(video_id, "no_audio", f"{source}: has no audio stream")
     try:
@@ -62,7 +65,7 @@ def clip_one(source: Path, out_dir: Path, video_id: str, params: ClipParams) -> 
                       f"{source}: {available:.2f} s of audio and video, clip.min_seconds is {params.min_seconds:g}")
     seconds = min(params.seconds, available)
     try:
-        clip = media.cut_clip(source, out_dir / f"{video_id}.mp4", seconds, params.fps, params.max_height)
+        clip = media.cut_clip(source, out_dir / f"{video_id}.mp4", seconds, params.fps, params.max_height, info=info)
     except media.MediaError as error:
         return failed(video_id, "corrupt", str(error))
     media.write_wav(out_dir / f"{video_id}.44k.wav", stereo[:, : round(seconds * params.separation_rate)],
@@ -71,7 +74,7 @@ def clip_one(source: Path, out_dir: Path, video_id: str, params: ClipParams) -> 
                     params.target_rate)
     out = media.probe(clip)
     return ok_row(video_id, seconds=seconds, video_frames=out.video_frames, width=out.width, height=out.height,
-                  source_duration=info.duration)
+                  source_duration=info.duration, **picture_columns(info.picture))
 
 
 def clip_shard(raw_dir: Path | str, out_dir: Path | str, params: ClipParams, workers: int = 2,

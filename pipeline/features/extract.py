@@ -31,11 +31,14 @@ from pipeline.features import codec as codec_lib
 from pipeline.features.motion import dequantize, flow_kwargs, flow_magnitudes, quantize
 from pipeline.features.store import ShardWriter, tensor_column
 from pipeline.features.visual import HIDDEN_STATE, ClipEncoder, encode_frames, preprocess
-from pipeline.status import OK, failed_row, ok_row, read_status, status_schema, summary, write_status
+from pipeline.status import (OK, PICTURE_FIELDS, failed_row, ok_row, picture_columns, read_status, status_schema,
+                             summary, write_status)
 
 log = logging.getLogger("v2m.features")
 
 FEATURE_STATUS = status_schema(pa.field("rows", pa.int32()))
+# The frame tables' rows also say what rotation and pixel shape were undone before the features.
+FRAME_FEATURE_STATUS = status_schema(pa.field("rows", pa.int32()), *PICTURE_FIELDS)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class _Decoded:
     clip: ClipInput
     pixels: "np.ndarray | None" = None    # [N_v, 3, 224, 224] float32, preprocessed for CLIP
     flow: "Future | None" = None           # -> float32 [N_m, S, S]
+    picture: media.Picture = dataclasses.field(default_factory=media.Picture)
     error: "str | None" = None
 
 
@@ -90,6 +94,7 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
                 try:
                     frames = media.sample_frames(clip.path, rgb_fps=visual.fps if want_rgb else None,
                                                  gray_fps=flow.fps if want_gray else None, seconds=clip.seconds)
+                    item.picture = frames.picture
                     if want_rgb:
                         item.pixels = preprocess(frames.rgb)
                     if want_gray:
@@ -142,7 +147,7 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
                     "frame": np.arange(n, dtype=np.int32), "time": np.arange(n, dtype=np.float32) / flow.fps,
                     "magnitude": tensor_column(q), "scale": scale})
                 count = count or n
-            rows.append(ok_row(item.clip.video_id, rows=count))
+            rows.append(ok_row(item.clip.video_id, rows=count, **picture_columns(item.picture)))
             bar.update(1)
 
     try:
@@ -186,12 +191,14 @@ class VideoFeatures:
     """One video's features as the cache holds them.
 
     ``tokens``: float16 ``[N_v, 50, 768]`` CLIP tokens; ``flow``: float32 ``[N_m, S, S]`` magnitudes after
-    the cache's uint8 quantisation round trip (None when not asked for); ``seconds``: span sampled.
+    the cache's uint8 quantisation round trip (None when not asked for); ``seconds``: span sampled;
+    ``picture``: the rotation and pixel shape undone before both (see :func:`media.sample_frames`).
     """
 
     tokens: np.ndarray
     flow: np.ndarray | None
     seconds: float
+    picture: media.Picture = dataclasses.field(default_factory=media.Picture)
 
 
 def extract_video(path: Path | str, *, visual: VisualFeatureParams, encoder: ClipEncoder,
@@ -209,7 +216,7 @@ def extract_video(path: Path | str, *, visual: VisualFeatureParams, encoder: Cli
     maps = None
     if flow is not None:
         maps = dequantize(*quantize(flow_magnitudes(frames.gray, **flow_kwargs(flow))))
-    return VideoFeatures(tokens, maps, frames.seconds)
+    return VideoFeatures(tokens, maps, frames.seconds, frames.picture)
 
 
 def _tokens_type(model) -> pa.DataType:
@@ -247,5 +254,7 @@ def codes_table(video_ids: Iterable[str], audio_dir: Path, out: Path, params: Co
     return rows
 
 
-def write_feature_status(path: Path, rows: list[dict]) -> Path:
-    return write_status(path, rows, FEATURE_STATUS)
+def write_feature_status(path: Path, rows: list[dict], schema: pa.Schema = FEATURE_STATUS) -> Path:
+    """Write a feature stage's status rows: :data:`FEATURE_STATUS`, or :data:`FRAME_FEATURE_STATUS` for the
+    rows of :func:`extract_tables`."""
+    return write_status(path, rows, schema)
