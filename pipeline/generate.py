@@ -94,7 +94,7 @@ class Music:
         audio: float32 ``[1, S]`` at ``sample_rate``, loudness-normalised, exactly the video's length.
         codes: int64 ``[K, T]`` at 50 Hz.
         windows: ``(start, end)`` seconds of each generation window.
-        picture: the rotation and pixel shape undone before the features (nothing is done to the output's).
+        picture: the rotation and pixel shape undone for the features (the output plays as the input does).
     """
 
     audio: np.ndarray

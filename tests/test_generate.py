@@ -8,7 +8,6 @@ decode -> CLIP/Farneback -> windowed sampling -> EnCodec decoding -> loudness ->
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
