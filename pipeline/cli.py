@@ -108,7 +108,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         "prompt_seconds": args.prompt_seconds, "device": args.device})
     # The input and output are proven (probe + one-frame trial mux) before torch is even imported:
     # a video that cannot be handled is refused in well under a second, not after the sampling.
-    media.check_output(args.video, args.output)
+    media.check_output(args.video, args.output, args.wav)
     plan = media.plan_mux(args.video, keep_audio=args.keep_audio, info=media.check_video(args.video))
     from pipeline.generate import Generator, check_model_folder, score_video
 

@@ -263,7 +263,7 @@ def score_video(generator: Generator, video: Path | str, out: Path | str, params
     Args:
         plan: the trial's result when the caller already made it (``v2m generate`` does, before loading models).
     """
-    media.check_output(video, out)
+    media.check_output(video, out, wav)
     plan = plan or media.plan_mux(video, keep_audio=keep_audio, info=media.check_video(video))
     music = generate_music(generator, video, params, progress=progress)
     if wav is not None:

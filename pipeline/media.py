@@ -461,19 +461,21 @@ def check_video(video: Path | str, min_seconds: float = MIN_VIDEO_SECONDS) -> Me
     return info
 
 
-def check_output(video: Path | str, out: Path | str) -> None:
-    """Fail before any work when ``out`` cannot be the muxed output of ``video``.
+def check_output(video: Path | str, out: Path | str, wav: Path | str | None = None) -> None:
+    """Fail before any work when ``out`` (and ``wav``) cannot be written as the outputs for ``video``.
 
     Raises:
-        UserError: not named .mp4, the input itself, or in a folder that does not exist.
+        UserError: ``out`` not named .mp4, an output that is the input itself, a folder that does not exist.
     """
     out = Path(out)
     if out.suffix.lower() != ".mp4":
         raise UserError(f"{out}: the output is an mp4 (name it .mp4)")
-    if Path(video).resolve() == out.resolve():
-        raise UserError(f"{out}: would overwrite the input video; choose another output name")
-    if not out.resolve().parent.is_dir():
-        raise UserError(f"{out}: no such folder {out.resolve().parent}")
+    for path in (out, wav) if wav is not None else (out,):
+        path = Path(path)
+        if Path(video).resolve() == path.resolve():
+            raise UserError(f"{path}: would overwrite the input video; choose another output name")
+        if not path.resolve().parent.is_dir():
+            raise UserError(f"{path}: no such folder {path.resolve().parent}")
 
 
 # Video codecs an mp4 can carry as they are; anything else is re-encoded to H.264.

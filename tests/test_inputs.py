@@ -212,9 +212,13 @@ def test_generate_says_when_it_turned_the_picture_upright(inputs, model_dir, tmp
     assert media.probe(out).picture.rotation == 90
 
 
-def test_an_output_folder_that_does_not_exist_is_refused_before_the_work(inputs, tmp_path):
-    result = v2m("generate", inputs["mjpeg.avi"], "-o", tmp_path / "nowhere" / "out.mp4", "--model", tmp_path)
-    assert result.returncode == 2 and "no such folder" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize("outputs", [["-o", "nowhere/out.mp4"], ["-o", "out.mp4", "--wav", "nowhere/out.wav"]])
+def test_an_output_folder_that_does_not_exist_is_refused_before_the_work(outputs, inputs, tmp_path):
+    outputs = [str(tmp_path / arg) if "/" in arg or arg.endswith(".mp4") else arg for arg in outputs]
+    result = v2m("generate", inputs["mjpeg.avi"], *outputs, "--model", tmp_path)   # the model is checked later
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and f"no such folder {tmp_path / 'nowhere'}" in lines[0]
+    assert not (tmp_path / "out.mp4").exists()
 
 
 def test_all_frame_readers_share_one_decode_path(inputs):
