@@ -21,8 +21,9 @@ import pytest
 from pipeline import media
 from pipeline.acquire.clip import clip_one
 from pipeline.config import ClipParams, FlowFeatureParams, GenerateParams
-from pipeline.features.extract import ClipInput, extract_tables
-from pipeline.generate import score_video
+from pipeline.features.extract import FRAME_FEATURE_STATUS, ClipInput, extract_tables, write_feature_status
+from pipeline.generate import generate_set, score_video
+from pipeline.status import read_status
 
 SOUND = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=1"]
 # A portrait picture whose up is known: red top quarter over blue.
@@ -162,6 +163,18 @@ def test_rotated_video_reaches_the_features_upright_and_plays_upright_after_the_
     rows = extract_tables([ClipInput("rot", video, 1.0)], flow=FlowFeatureParams(size=32),
                           flow_out=tmp_path / "flow.parquet", progress=False)
     assert rows[0]["status"] == "ok" and rows[0]["rotation"] == VALID[name][1]
+
+
+def test_the_generate_and_feature_stages_status_rows_say_what_was_undone(inputs, generator, tmp_path):
+    rows = generate_set(generator, [("s0000", inputs["hevc_rot90.mp4"]), ("s0000", inputs["anamorphic.mp4"])],
+                        tmp_path / "generated", GenerateParams(seed=1), progress=False)
+    written = {row["video_id"]: row for row in read_status(tmp_path / "generated")}
+    assert {k: (r["status"], r["rotation"], r["sar"]) for k, r in written.items()} == {
+        "hevc_rot90": ("ok", 90, "1:1"), "anamorphic": ("ok", 0, "4:3")}
+    rows = extract_tables([ClipInput("pal", inputs["anamorphic.mp4"], 1.0)], flow=FlowFeatureParams(size=32),
+                          flow_out=tmp_path / "flow.parquet", progress=False)
+    write_feature_status(tmp_path / "flow.status.parquet", rows, FRAME_FEATURE_STATUS)
+    assert [(r["rotation"], r["sar"]) for r in read_status(tmp_path / "flow.status.parquet")] == [(0, "4:3")]
 
 
 def test_anamorphic_pixels_are_made_square_before_the_features(inputs):
