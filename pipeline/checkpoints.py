@@ -51,8 +51,8 @@ def local_checkpoint(source: str | Path, *, label: str, where_from: str,
                                           ("model.safetensors", any((folder / w).is_file() for w in WEIGHT_FILES)))
                if not present]
     if len(missing) == 2:
-        raise FileNotFoundError(f"{label} folder {folder} lacks config.json or model.safetensors (neither is "
-                                f"there); {where_from}")
+        raise FileNotFoundError(f"{label} folder {folder} lacks config.json or model.safetensors: it needs "
+                                f"config.json and model.safetensors and holds neither; {where_from}")
     if missing:
         raise FileNotFoundError(f"{label} folder {folder} lacks {missing[0]}; {where_from}")
     return folder
