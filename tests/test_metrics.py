@@ -357,10 +357,12 @@ def test_v2m_evaluate_writes_the_summary_and_the_clip_table_and_names_a_missing_
     generated, reference = clip_folders
     out = tmp_path / "eval.json"
     ok = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "--generated", str(generated),
-                         "--reference", str(reference), "--out", str(out), "--quiet",
-                         "--params", str(tmp_path / "none.yaml")], capture_output=True, text=True)
+                         "--reference", str(reference), "--out", str(out), "--quiet", "--fad-preset",
+                         "frechet_audio_distance", "--params", str(tmp_path / "none.yaml")],
+                        capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     summary = json.loads(out.read_text())
+    assert summary["settings"]["fad"]["preset"] == "frechet_audio_distance"
     assert {"fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine", "pairs"} <= set(summary)
     assert summary["pairs"] == 3 and summary["fad"] is None
     assert pq.read_table(tmp_path / "eval.clips.parquet").num_rows == 3
