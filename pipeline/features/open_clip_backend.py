@@ -8,7 +8,8 @@ The tokens are what the visual stage caches from transformers: ``[N, 50, 768]``,
 of the last transformer block's output, before ``ln_post`` and the projection (transformers'
 ``last_hidden_state``, before its ``post_layernorm``).
 
-Key mapping, open_clip ``model.visual`` -> ``CLIPVisionModel`` (``vm`` = ``vision_model``, ``i`` a block):
+Key mapping, open_clip ``model.visual`` -> ``CLIPVisionModel``'s vision transformer (``vm``: its
+``vision_model`` in transformers 4, the model itself in transformers 5; ``i`` a block):
 
 =============================================  =====================================================
 ``conv1.weight`` ``[768, 3, 32, 32]``          ``vm.embeddings.patch_embedding.weight``
@@ -45,13 +46,13 @@ from pipeline.features.visual import VIT_B32
 ARCHITECTURE = "ViT-B-32"
 
 _BLOCK = r"transformer\.resblocks\.(\d+)\."
-_LAYER = r"vision_model.encoder.layers.\1."
+_LAYER = r"encoder.layers.\1."
 _RULES = tuple((re.compile(p + r"\Z"), t) for p, t in (
-    (r"conv1\.weight", "vision_model.embeddings.patch_embedding.weight"),
-    (r"class_embedding", "vision_model.embeddings.class_embedding"),
-    (r"positional_embedding", "vision_model.embeddings.position_embedding.weight"),
-    (r"ln_pre\.(weight|bias)", r"vision_model.pre_layrnorm.\1"),
-    (r"ln_post\.(weight|bias)", r"vision_model.post_layernorm.\1"),
+    (r"conv1\.weight", "embeddings.patch_embedding.weight"),
+    (r"class_embedding", "embeddings.class_embedding"),
+    (r"positional_embedding", "embeddings.position_embedding.weight"),
+    (r"ln_pre\.(weight|bias)", r"pre_layrnorm.\1"),
+    (r"ln_post\.(weight|bias)", r"post_layernorm.\1"),
     (_BLOCK + r"ln_1\.(weight|bias)", _LAYER + r"layer_norm1.\2"),
     (_BLOCK + r"ln_2\.(weight|bias)", _LAYER + r"layer_norm2.\2"),
     (_BLOCK + r"attn\.out_proj\.(weight|bias)", _LAYER + r"self_attn.out_proj.\2"),
@@ -124,7 +125,7 @@ def to_clip_vision(model: Any) -> CLIPVisionModel:
         match = _IN_PROJ.match(key)
         if match:
             for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-                mapped[f"vision_model.encoder.layers.{match.group(1)}.self_attn.{name}.{match.group(2)}"] = (
+                mapped[f"encoder.layers.{match.group(1)}.self_attn.{name}.{match.group(2)}"] = (
                     tensor[j * width:(j + 1) * width].clone())
             continue
         for pattern, template in _RULES:
@@ -134,9 +135,11 @@ def to_clip_vision(model: Any) -> CLIPVisionModel:
                 break
         else:
             raise UserError(f"open_clip visual weight {key!r} has no CLIPVisionModel counterpart")
-    theirs = target.state_dict()
-    missing = sorted(k for k in theirs.keys() - mapped.keys() if "position_ids" not in k)
+    vit = getattr(target, "vision_model", target)
+    missing = sorted(k for k in vit.state_dict().keys() - mapped.keys() if "position_ids" not in k)
     if missing:
         raise UserError(f"the open_clip model lacks CLIPVisionModel weights (e.g. {missing[0]})")
-    target.load_state_dict(mapped, strict=False)
+    unexpected = vit.load_state_dict(mapped, strict=False).unexpected_keys
+    if unexpected:
+        raise UserError(f"open_clip visual weight mapped to {unexpected[0]!r}, which CLIPVisionModel lacks")
     return target
