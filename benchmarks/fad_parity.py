@@ -119,7 +119,8 @@ def main() -> None:
         print(f"frechet-audio-distance package FAD: {theirs:.9g}")
         for preset in ("frechet_audio_distance", "google"):
             value = ours(folder_a, folder_b, weights, preset)
-            print(f"ours, fad_preset={preset}: FAD {value:.9g}, relative difference {abs(value - theirs) / abs(theirs):.3e}")
+            relative = abs(value - theirs) / abs(theirs)
+            print(f"ours, fad_preset={preset}: FAD {value:.9g}, relative difference {relative:.3e}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ PyTorch state-dict file. The one owner of where weights come from: the CLIP, cod
 decoder folders go through :func:`local_checkpoint` (and :func:`load_part` for MusicGen parts),
 audiocraft's MusicGen files through :func:`audiocraft_file` and :func:`read_audiocraft_package`
 (mapped by :mod:`pipeline.audiocraft_format`), the VGGish and PaSST files through
-:func:`read_state_dict`, and every random-weights stand-in carries :data:`RANDOM_MARKER`. Nothing here downloads; a missing checkpoint is an error naming the
-file and where it comes from.
+:func:`read_state_dict`, and every random-weights stand-in carries :data:`RANDOM_MARKER`. Nothing
+here downloads; a missing checkpoint is an error naming the file and where it comes from.
 """
 
 from __future__ import annotations

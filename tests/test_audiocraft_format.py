@@ -120,7 +120,8 @@ def test_audiocraft_lm_loads_as_decoder_with_equal_logits(tmp_path):
     (lambda s: s.__setitem__("transformer.layers.0.self_attn.in_proj_bias", torch.zeros(384)),
      r"unexpected weight 'transformer\.layers\.0\.self_attn\.in_proj_bias'"),
     (lambda s: s.__setitem__("emb.4.weight", torch.zeros(2049, 128)), r"unexpected weight 'emb\.4\.weight'"),
-    (lambda s: s.__setitem__("linears.0.weight", torch.zeros(1024, 128)), r"linears\.0\.weight has shape \(1024, 128\)"),
+    (lambda s: s.__setitem__("linears.0.weight", torch.zeros(1024, 128)),
+     r"linears\.0\.weight has shape \(1024, 128\)"),
 ])
 def test_audiocraft_lm_missing_or_unexpected_key_is_named(tmp_path, edit, message):
     ac, cfg = lm_files(tmp_path)
@@ -265,7 +266,8 @@ def test_audiocraft_codec_missing_or_unexpected_key_is_named(tmp_path, edit, mes
 
 def test_audiocraft_pointer_package_is_a_clear_error(tmp_path):
     (tmp_path / "c").mkdir()
-    torch.save({"pretrained": "facebook/encodec_32khz", "exported": True}, tmp_path / "c" / "compression_state_dict.bin")
+    torch.save({"pretrained": "facebook/encodec_32khz", "exported": True},
+               tmp_path / "c" / "compression_state_dict.bin")
     with pytest.raises(UserError, match=r"names the pretrained model 'facebook/encodec_32khz'"):
         codec.load_codec(tmp_path / "c", device="cpu")
 
