@@ -1,9 +1,10 @@
 """Checkpoints from disk only: a ``save_pretrained`` folder, a hub id already in the local cache, or a
 PyTorch state-dict file. The one owner of where weights come from: the CLIP, codec and MusicGen
 decoder folders go through :func:`local_checkpoint` (and :func:`load_part` for MusicGen parts),
-the VGGish and PaSST files through :func:`read_state_dict`, and every random-weights stand-in
-carries :data:`RANDOM_MARKER`. Nothing here downloads; a missing checkpoint is an error naming the
-file and where it comes from.
+audiocraft's MusicGen files through :func:`audiocraft_file` and :func:`read_audiocraft_package`
+(mapped by :mod:`pipeline.audiocraft_format`), the VGGish and PaSST files through
+:func:`read_state_dict`, and every random-weights stand-in carries :data:`RANDOM_MARKER`. Nothing
+here downloads; a missing checkpoint is an error naming the file and where it comes from.
 """
 
 from __future__ import annotations
@@ -65,6 +66,26 @@ def is_random_stand_in(config: Mapping[str, Any] | object) -> bool:
     return bool(getattr(config, RANDOM_MARKER, False))
 
 
+def _torch_load(path: Path, *, label: str, where_from: str, missing: type[Exception],
+                unreadable: type[Exception]) -> Any:
+    """``torch.load`` of a file, weights only: the one place a PyTorch file is read."""
+    if not path.is_file():
+        raise missing(f"{label} {path}: no such file; {where_from}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a file that is not a checkpoint
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise unreadable(f"{label} {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {first}); "
+                         f"{where_from}") from None
+
+
+def _tensors(state: Any, path: Path, *, label: str, where_from: str,
+             unreadable: type[Exception]) -> dict[str, torch.Tensor]:
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise unreadable(f"{label} {path}: holds a {type(state).__name__}, not a state dict of tensors; {where_from}")
+    return dict(state)
+
+
 def read_state_dict(path: Path | str, *, label: str, where_from: str,
                     missing: type[Exception] = FileNotFoundError,
                     unreadable: type[Exception] = UserError) -> dict[str, torch.Tensor]:
@@ -77,19 +98,51 @@ def read_state_dict(path: Path | str, *, label: str, where_from: str,
         missing / unreadable: the exception types raised for no file / a file that is not a state dict.
     """
     path = Path(path)
-    if not path.is_file():
-        raise missing(f"{label} {path}: no such file; {where_from}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for a file that is not a checkpoint
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise unreadable(f"{label} {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {first}); "
-                         f"{where_from}") from None
+    state = _torch_load(path, label=label, where_from=where_from, missing=missing, unreadable=unreadable)
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise unreadable(f"{label} {path}: holds a {type(state).__name__}, not a state dict of tensors; {where_from}")
-    return dict(state)
+    return _tensors(state, path, label=label, where_from=where_from, unreadable=unreadable)
+
+
+def audiocraft_file(source: str | Path, name: str) -> Path | None:
+    """``source`` as an audiocraft package file named ``name`` (``state_dict.bin``,
+    ``compression_state_dict.bin``): the file itself, or ``source/name`` in a folder without a
+    transformers config.json (a folder with both is read the transformers way). None otherwise."""
+    path = Path(source)
+    if path.is_file() and path.name == name:
+        return path
+    if path.is_dir() and (path / name).is_file() and not (path / "config.json").is_file():
+        return path / name
+    return None
+
+
+def read_audiocraft_package(path: Path | str, *, label: str,
+                            where_from: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The ``best_state`` and the parsed ``xp.cfg`` (``{}`` when absent) of a package audiocraft saved.
+
+    Raises:
+        UserError: not a readable package with a ``best_state`` state dict, or an ``xp.cfg`` that is not YAML.
+    """
+    import yaml
+
+    path = Path(path)
+    package = _torch_load(path, label=label, where_from=where_from, missing=FileNotFoundError, unreadable=UserError)
+    # audiocraft's export of a hub codec is a pointer ({'pretrained': name}), not weights
+    if isinstance(package, Mapping) and "pretrained" in package:
+        raise UserError(f"{label} {path}: names the pretrained model {package['pretrained']!r} instead of holding "
+                        f"weights; {where_from}")
+    if not isinstance(package, Mapping) or "best_state" not in package:
+        keys = sorted(package)[:5] if isinstance(package, Mapping) else type(package).__name__
+        raise UserError(f"{label} {path}: no 'best_state' (holds {keys}), so not a package audiocraft saved; "
+                        f"{where_from}")
+    state = _tensors(package["best_state"], path, label=label, where_from=where_from, unreadable=UserError)
+    try:
+        cfg = yaml.safe_load(package.get("xp.cfg") or "{}") or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{label} {path}: its xp.cfg is not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(cfg, Mapping):
+        raise UserError(f"{label} {path}: its xp.cfg is a {type(cfg).__name__}, not a mapping")
+    return state, dict(cfg)
 
 
 def model_type(folder: Path) -> str | None:

@@ -134,7 +134,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from pipeline.metrics.evaluate import evaluate_dirs, write_results
 
     params = _section_with_options(args, "evaluate", config.EvaluateParams, {
-        "vggish": str(args.vggish) if args.vggish else None, "passt": str(args.passt) if args.passt else None})
+        "vggish": str(args.vggish) if args.vggish else None, "passt": str(args.passt) if args.passt else None,
+        "fad_preset": args.fad_preset})
     summary, rows = evaluate_dirs(args.generated, args.reference, params, progress=not args.quiet)
     table = args.clips or args.out.with_suffix(".clips.parquet")
     write_results(summary, rows, args.out, table)
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="per-clip table (default: beside --out, .clips.parquet)")
     evaluate.add_argument("--vggish", type=Path, metavar="CKPT",
                           help="VGGish weights (torchvggish vggish-10086976.pth); without them FAD is null")
+    evaluate.add_argument("--fad-preset", choices=("google", "frechet_audio_distance"),
+                          help="VGGish front end (evaluate.fad_preset): google = Google's FAD tool (published), "
+                               "frechet_audio_distance = that package's")
     evaluate.add_argument("--passt", type=Path, metavar="CKPT",
                           help="PaSST 20 s checkpoint (passt-s-f128-20sec-p16-s10-ap.474-swa.pt); without it KLD is null")
     evaluate.add_argument("--params", type=Path, default=config.DEFAULT_PARAMS_FILE,

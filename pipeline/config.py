@@ -476,6 +476,10 @@ class EvaluateParams:
     """
 
     vggish: str = param("", doc="VGGish state dict (torchvggish vggish-10086976.pth); empty = FAD not computed")
+    fad_preset: str = param("google", choices=("google", "frechet_audio_distance"),
+                            doc="VGGish front end: google = Google's FAD tool (1 s windows every 0.5 s, peak "
+                                "-1 dBFS, 16-bit; published), frechet_audio_distance = that package's torchvggish "
+                                "(non-overlapping 0.96 s examples, no normalisation)")
     passt: str = param("", doc="PaSST 20 s checkpoint (passt-s-f128-20sec-p16-s10-ap.474-swa.pt); empty = no KLD")
     chroma_argmax: bool = param(True, doc="one-hot chroma frames (audiocraft's default)")
     chroma_n_fft: int = param(16384, lo=256, hi=65536, doc="chroma STFT size = window")

@@ -174,7 +174,7 @@ def test_a_1khz_tone_lands_in_the_band_that_contains_1khz():
 
 
 @pytest.mark.parametrize("seconds, preset, windows", [
-    (10.0, "fad_tool", 19), (1.0, "fad_tool", 1), (0.99, "fad_tool", 0), (10.0, "torchvggish", 10),
+    (10.0, "google", 19), (1.0, "google", 1), (0.99, "google", 0), (10.0, "frechet_audio_distance", 10),
 ])
 def test_vggish_example_counts_and_shapes(seconds, preset, windows):
     audio = 0.3 * np.sin(2 * np.pi * 440.0 * np.arange(int(seconds * 16000)) / 16000)
@@ -287,6 +287,22 @@ def test_evaluate_with_a_vggish_checkpoint_gives_a_numeric_fad(clip_folders, vgg
     assert len(summary["fad_embedder"]["sha256"]) == 16
 
 
+def test_fad_preset_from_params_selects_the_frechet_audio_distance_front_end(clip_folders, vggish_checkpoint):
+    from pipeline.config import EvaluateParams
+    from pipeline.metrics.evaluate import evaluate_dirs
+
+    google, _ = evaluate_dirs(*clip_folders, EvaluateParams(vggish=str(vggish_checkpoint), device="cpu"),
+                              progress=False)
+    package, _ = evaluate_dirs(*clip_folders, EvaluateParams(vggish=str(vggish_checkpoint), device="cpu",
+                                                             fad_preset="frechet_audio_distance"), progress=False)
+    assert google["settings"]["fad"]["preset"] == "google" and google["fad_windows_generated"] == 3 * 3
+    # one log-mel over each 2 s clip (198 frames) cut into non-overlapping 96-frame examples: 2 per clip
+    assert package["settings"]["fad"]["preset"] == "frechet_audio_distance"
+    assert package["settings"]["fad"]["peak_dbfs"] is None
+    assert package["fad_windows_generated"] == package["fad_windows_reference"] == 3 * 2
+    assert math.isfinite(package["fad"]) and package["fad"] != google["fad"]
+
+
 def test_evaluate_with_a_passt_checkpoint_gives_both_kl_directions(clip_folders, tmp_path):
     from pipeline.metrics import passt
 
@@ -341,10 +357,12 @@ def test_v2m_evaluate_writes_the_summary_and_the_clip_table_and_names_a_missing_
     generated, reference = clip_folders
     out = tmp_path / "eval.json"
     ok = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate", "--generated", str(generated),
-                         "--reference", str(reference), "--out", str(out), "--quiet",
-                         "--params", str(tmp_path / "none.yaml")], capture_output=True, text=True)
+                         "--reference", str(reference), "--out", str(out), "--quiet", "--fad-preset",
+                         "frechet_audio_distance", "--params", str(tmp_path / "none.yaml")],
+                        capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     summary = json.loads(out.read_text())
+    assert summary["settings"]["fad"]["preset"] == "frechet_audio_distance"
     assert {"fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine", "pairs"} <= set(summary)
     assert summary["pairs"] == 3 and summary["fad"] is None
     assert pq.read_table(tmp_path / "eval.clips.parquet").num_rows == 3

@@ -26,7 +26,9 @@ import torch
 from huggingface_hub import constants as hub_constants
 from transformers import EncodecConfig, EncodecModel
 
-from pipeline.checkpoints import RANDOM_MARKER, is_random_stand_in, load_part, local_checkpoint
+from pipeline import audiocraft_format
+from pipeline.checkpoints import (RANDOM_MARKER, audiocraft_file, is_random_stand_in, load_part, local_checkpoint,
+                                  read_audiocraft_package)
 from pipeline.config import CodecCalibrationParams
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
@@ -71,7 +73,18 @@ def _where_from() -> str:
             f"{MUSICGEN_HUB_ID} folder (its audio_encoder is the codec), or such a hub id already in the "
             f"Hugging Face cache ({hub_constants.HF_HUB_CACHE}); nothing is downloaded. On a machine with internet: "
             f"EncodecModel.from_pretrained('{HUB_ID}').save_pretrained(DIR), then copy DIR here. The embedded "
-            "default's calibrated random codec is written by the codec_init stage")
+            "default's calibrated random codec is written by the codec_init stage; audiocraft's "
+            f"{audiocraft_format.CODEC_FILE} (the file, or a folder holding it) also loads")
+
+
+def load_audiocraft_codec(path: Path) -> EncodecModel:
+    """An ``EncodecModel`` from audiocraft's ``compression_state_dict.bin``: sizes from its ``xp.cfg``
+    (``facebook/encodec_32khz``'s where it is silent), weights mapped by :mod:`pipeline.audiocraft_format`."""
+    state, cfg = read_audiocraft_package(path, label="codec", where_from=_where_from())
+    config = encodec_32khz_config(**audiocraft_format.encodec_config_overrides(cfg, source=str(path)))
+    model = EncodecModel(config)
+    model.load_state_dict(audiocraft_format.codec_state_to_transformers(state, model.state_dict(), source=str(path)))
+    return model
 
 
 def load_codec(path: str | Path, device: str = "auto", cache_dir: str | Path | None = None) -> EncodecModel:
@@ -80,18 +93,23 @@ def load_codec(path: str | Path, device: str = "auto", cache_dir: str | Path | N
     Args:
         path: a ``save_pretrained`` folder of an ``EncodecModel``, or of a ``MusicgenForConditionalGeneration``
             (config.json's model_type ``musicgen``: its ``audio_encoder`` is taken), else a hub id of either
-            kind already in the Hugging Face cache (``cache_dir``, default the standard one).
+            kind already in the Hugging Face cache (``cache_dir``, default the standard one), or audiocraft's
+            ``compression_state_dict.bin`` (the file, or a folder holding it and no config.json).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
 
     Raises:
         FileNotFoundError: no such folder with config.json and weights, and no such hub id in the cache.
         UserError: the checkpoint lacks EnCodec weights (from_pretrained would leave them silently random).
     """
-    folder = local_checkpoint(path, label="codec", where_from=_where_from(), cache_dir=cache_dir)
-    # A composite goes through MusicgenForConditionalGeneration: straight into EncodecModel it would
-    # also fall back to the 24 kHz default config.
-    model = load_part(folder, part="audio_encoder", standalone=EncodecModel, standalone_type="encodec",
-                      weights="EnCodec", where_from=_where_from())
+    audiocraft = audiocraft_file(path, audiocraft_format.CODEC_FILE)
+    if audiocraft is not None:
+        model = load_audiocraft_codec(audiocraft)
+    else:
+        folder = local_checkpoint(path, label="codec", where_from=_where_from(), cache_dir=cache_dir)
+        # A composite goes through MusicgenForConditionalGeneration: straight into EncodecModel it would
+        # also fall back to the 24 kHz default config.
+        model = load_part(folder, part="audio_encoder", standalone=EncodecModel, standalone_type="encodec",
+                          weights="EnCodec", where_from=_where_from())
     if is_random_stand_in(model.config):
         log.warning("%s is an EnCodec with RANDOM weights (codebooks calibrated by the codec_init stage): its codes "
                     "are usable tokens, but its decoder is random, so decoded audio is not music; use %s or %s "

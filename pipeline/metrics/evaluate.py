@@ -93,7 +93,7 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
                    vggish: Path | str | None = None, passt: Path | str | None = None,
                    chroma_argmax: bool = True, chroma_n_fft: int = chroma_metric.N_FFT,
                    chroma_hop: int = chroma_metric.HOP,
-                   fad_front_end: str = "fad_tool", fad_method: str = "sqrtm",
+                   fad_preset: str = "google", fad_method: str = "sqrtm",
                    kld_segment_seconds: float = 20.0, kld_min_seconds: float = 0.15, kld_eps: float = 1e-6,
                    device: str = "cpu", progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All metrics of the generated clips against their references.
@@ -106,7 +106,9 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
         passt: PaSST 20 s checkpoint (``passt-s-f128-20sec-p16-s10-ap.474-swa.pt``); None = no KLD.
         chroma_argmax: one-hot chroma frames (published: True).
         chroma_n_fft, chroma_hop: chroma STFT size and hop (published: 16384, 4096).
-        fad_front_end: a key of :data:`pipeline.metrics.vggish.FRONT_END_PRESETS` (published: ``"fad_tool"``).
+        fad_preset: a key of :data:`pipeline.metrics.vggish.FRONT_END_PRESETS`: ``"google"`` (Google's FAD
+            tool, as audiocraft runs it: the published figures) or ``"frechet_audio_distance"`` (that package's
+            torchvggish conventions).
         fad_method: ``"sqrtm"`` (published) or ``"eigen"``, see :func:`pipeline.metrics.fad.frechet_distance`.
         kld_segment_seconds, kld_min_seconds: PaSST segments (published: 20 s, dropped at 0.15 s or less).
         kld_eps: added to the second distribution inside each KL (published: 1e-6).
@@ -127,8 +129,8 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
         EvaluationError: a folder is missing, or no stem is in both folders.
         UserError: an unreadable wav or checkpoint (the message names the file).
     """
-    if fad_front_end not in FRONT_END_PRESETS:
-        raise UserError(f"fad_front_end {fad_front_end!r}: unknown; choose one of {sorted(FRONT_END_PRESETS)}")
+    if fad_preset not in FRONT_END_PRESETS:
+        raise UserError(f"fad_preset {fad_preset!r}: unknown; choose one of {sorted(FRONT_END_PRESETS)}")
     generated_files, reference_files = wav_files(generated_dir), wav_files_of(reference_dir)
     if not isinstance(reference_dir, (str, Path)):
         reference_dir = ", ".join(map(str, reference_dir))
@@ -136,7 +138,7 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
     if not stems:
         raise EvaluationError(f"no clip to evaluate: none of the {len(generated_files)} .wav files in "
                               f"{generated_dir} has a namesake among the {len(reference_files)} in {reference_dir}")
-    front_end = FRONT_END_PRESETS[fad_front_end]
+    front_end = FRONT_END_PRESETS[fad_preset]
     vggish_model = load_vggish(vggish, device=device) if vggish is not None else None
     passt_model = None
     if passt is not None:
@@ -201,7 +203,7 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
             "chroma": {"sample_rate": chroma_metric.SAMPLE_RATE, "n_fft": chroma_n_fft, "hop": chroma_hop,
                        "argmax": chroma_argmax, "norm_eps": chroma_metric.NORM_EPS,
                        "cosine_eps": chroma_metric.COSINE_EPS},
-            "fad": {"front_end": fad_front_end, **front_end, "method": fad_method},
+            "fad": {"preset": fad_preset, **front_end, "method": fad_method},
             "kld": {"sample_rate": KLD_SAMPLE_RATE, "segment_seconds": kld_segment_seconds,
                     "min_seconds": kld_min_seconds, "eps": kld_eps},
         },
@@ -249,7 +251,8 @@ def evaluate_dirs(generated_dir: Path | str, reference_dir: Path | str | Sequenc
 
     return evaluate_pairs(generated_dir, reference_dir, vggish=params.vggish or None, passt=params.passt or None,
                           chroma_argmax=params.chroma_argmax, chroma_n_fft=params.chroma_n_fft,
-                          chroma_hop=params.chroma_hop, kld_segment_seconds=params.kld_segment_seconds,
+                          chroma_hop=params.chroma_hop, fad_preset=params.fad_preset,
+                          kld_segment_seconds=params.kld_segment_seconds,
                           kld_min_seconds=params.kld_min_seconds, kld_eps=params.kld_eps,
                           device=resolve_device(params.device), progress=progress)
 

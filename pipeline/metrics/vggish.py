@@ -7,7 +7,7 @@ Weights: the state dict of the widely used PyTorch port (harritaylor/torchvggish
 128-d output of the last fully connected layer BEFORE its activation, with no PCA, as the FAD tool
 reads it from the TF graph. Nothing is downloaded: the file comes from an explicit path.
 
-Front end (the defaults, preset ``"fad_tool"``), per clip:
+Front end (the defaults, preset ``"google"``: Google's FAD tool), per clip:
 
 1. mono, resampled to 16 kHz;
 2. what audiocraft does when it writes the FAD tool's input files: peak-normalised to -1 dBFS,
@@ -20,8 +20,10 @@ Front end (the defaults, preset ``"fad_tool"``), per clip:
    ``mel_features.spectrogram_to_mel_matrix``, ``log(mel + 0.01)``; then 96-frame examples every
    96 frames (a 1 s window has 98 frames, so its one example is the first 96).
 
-Preset ``"torchvggish"`` is the other published variant (fadtk, frechet-audio-distance): no
-normalisation, one log-mel over the whole clip cut into non-overlapping 0.96 s examples.
+Preset ``"frechet_audio_distance"`` is the other published variant, torchvggish's own front end as
+the frechet-audio-distance package (and fadtk) feed it: no normalisation or quantisation, one
+log-mel over the whole clip cut into non-overlapping 0.96 s examples (torchvggish's
+``waveform_to_examples``); ``benchmarks/fad_parity.py`` compares it with the package itself.
 """
 
 from __future__ import annotations
@@ -47,12 +49,12 @@ LOG_OFFSET = 0.01
 EXAMPLE_FRAMES = 96
 EMBEDDING_SIZE = 128
 
-# Keyword sets for vggish_examples / embed.
+# Keyword sets for vggish_examples / embed, by ``evaluate.fad_preset``.
 FRONT_END_PRESETS: dict[str, dict] = {
-    "fad_tool": dict(window_seconds=1.0, window_step_seconds=0.5, example_hop_frames=EXAMPLE_FRAMES,
+    "google": dict(window_seconds=1.0, window_step_seconds=0.5, example_hop_frames=EXAMPLE_FRAMES,
                      peak_dbfs=-1.0, quantize_bits=16, positive_peak_floor=0.1),
-    "torchvggish": dict(window_seconds=None, window_step_seconds=None, example_hop_frames=EXAMPLE_FRAMES,
-                        peak_dbfs=None, quantize_bits=None, positive_peak_floor=None),
+    "frechet_audio_distance": dict(window_seconds=None, window_step_seconds=None, example_hop_frames=EXAMPLE_FRAMES,
+                                   peak_dbfs=None, quantize_bits=None, positive_peak_floor=None),
 }
 
 CHECKPOINT_SOURCE = (
@@ -271,7 +273,7 @@ def vggish_examples(audio: np.ndarray, sample_rate: int, *, window_seconds: floa
     Args:
         audio: float ``[C, S]`` or ``[S]`` at ``sample_rate``.
         window_seconds: audio window cut before the log-mel (the tool's 1 s); None = one log-mel over
-            the whole clip (preset ``"torchvggish"``).
+            the whole clip (preset ``"frechet_audio_distance"``).
         window_step_seconds: step between audio windows (the tool's ``step_size`` 8000 samples).
         example_hop_frames: hop between 96-frame examples within a window (or the whole clip).
         peak_dbfs, quantize_bits, positive_peak_floor, resample_quality: see :func:`prepare_waveform`.
@@ -302,7 +304,7 @@ def embed(model: VGGish, audio: np.ndarray, sample_rate: int, *, batch_size: int
         model: from :func:`load_vggish`.
         audio: float ``[C, S]`` or ``[S]`` at ``sample_rate``.
         batch_size: examples per forward pass (changes speed, and numbers only by float rounding).
-        front_end: keywords of :func:`vggish_examples` (e.g. ``**FRONT_END_PRESETS["torchvggish"]``).
+        front_end: keywords of :func:`vggish_examples` (e.g. ``**FRONT_END_PRESETS["frechet_audio_distance"]``).
 
     Returns:
         float32 ``[N, 128]``; ``[0, 128]`` for a clip shorter than one window.

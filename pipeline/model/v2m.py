@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
-from pipeline import checkpoints
+from pipeline import audiocraft_format, checkpoints
 from pipeline.errors import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
@@ -402,10 +402,23 @@ def _musicgen_where_from() -> str:
     return (f"expected a local {MUSICGEN_HUB_ID} folder (config.json with model_type 'musicgen' + model.safetensors) "
             f"or that hub id in the Hugging Face cache; nothing is downloaded. On a machine with internet: "
             f"MusicgenForConditionalGeneration.from_pretrained('{MUSICGEN_HUB_ID}').save_pretrained(DIR), then "
-            "copy DIR here and set model.pretrained_decoder to it (empty = a random decoder)")
+            "copy DIR here and set model.pretrained_decoder to it (empty = a random decoder); audiocraft's "
+            f"{audiocraft_format.LM_FILE} (the file, or a folder holding it) also loads")
 
 
 _DECODER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim", "num_codebooks", "vocab_size")
+
+
+def _audiocraft_decoder_state(model: V2MModel, path: Path) -> dict[str, torch.Tensor]:
+    """The decoder weights of an audiocraft ``state_dict.bin``, under ``model.decoder``'s names."""
+    state, cfg = checkpoints.read_audiocraft_package(path, label="pretrained decoder",
+                                                     where_from=_musicgen_where_from())
+    heads = audiocraft_format.lm_num_heads(cfg)
+    if heads is not None and heads != model.decoder.config.num_attention_heads:
+        raise UserError(f"{path}: its decoder does not fit this model's: num_attention_heads {heads} "
+                        f"(ours {model.decoder.config.num_attention_heads}). model.size 'small' is "
+                        "facebook/musicgen-small's decoder")
+    return audiocraft_format.lm_state_to_transformers(state, model.decoder.state_dict(), source=str(path))
 
 
 def load_pretrained_decoder(model: V2MModel, source: str | Path) -> V2MModel:
@@ -414,24 +427,20 @@ def load_pretrained_decoder(model: V2MModel, source: str | Path) -> V2MModel:
     ``source`` is a ``facebook/musicgen-small``-style folder (``model_type: musicgen``, loaded whole
     with ``MusicgenForConditionalGeneration`` and its ``.decoder`` taken: loading such a composite
     checkpoint straight into ``MusicgenForCausalLM`` leaves every weight random), or a
-    ``MusicgenForCausalLM`` folder (``model_type: musicgen_decoder``), or a hub id of either in the cache.
+    ``MusicgenForCausalLM`` folder (``model_type: musicgen_decoder``), or a hub id of either in the cache,
+    or audiocraft's ``state_dict.bin`` (the file, or a folder holding it and no config.json), mapped by
+    :mod:`pipeline.audiocraft_format` (its text conditioner's weights are not used).
 
     Raises:
         FileNotFoundError: no such folder/hub id, or it lacks config.json or weights.
         UserError: the checkpoint's decoder has other sizes than ``model``'s, or lacks weights.
     """
-    folder = checkpoints.local_checkpoint(source, label="pretrained decoder", where_from=_musicgen_where_from())
-    pretrained = checkpoints.load_part(folder, part="decoder", standalone=MusicgenForCausalLM,
-                                       standalone_type="musicgen_decoder", weights="decoder",
-                                       where_from=_musicgen_where_from())
-    ours, theirs = model.decoder.config, pretrained.config
-    differ = [f"{name} {getattr(theirs, name)} (ours {getattr(ours, name)})" for name in _DECODER_FIELDS
-              if getattr(theirs, name) != getattr(ours, name)]
-    if differ:
-        raise UserError(f"{source}: its decoder does not fit this model's: {', '.join(differ)}. "
-                        "model.size 'small' is facebook/musicgen-small's decoder")
-    state = pretrained.state_dict()
     mine = model.decoder.state_dict()
+    audiocraft = checkpoints.audiocraft_file(source, audiocraft_format.LM_FILE)
+    if audiocraft is not None:
+        state = _audiocraft_decoder_state(model, audiocraft)
+    else:
+        state = _transformers_decoder_state(model, source)
     if state.keys() != mine.keys():
         raise UserError(f"{source}: decoder weight names differ from ours "
                         f"(e.g. {sorted(state.keys() ^ mine.keys())[0]})")
@@ -444,3 +453,18 @@ def load_pretrained_decoder(model: V2MModel, source: str | Path) -> V2MModel:
             tensor.copy_(state[name])
     log.info("decoder weights loaded from %s (%d tensors)", source, len(state))
     return model
+
+
+def _transformers_decoder_state(model: V2MModel, source: str | Path) -> dict[str, torch.Tensor]:
+    """The decoder weights of a transformers MusicGen checkpoint (folder or cached hub id)."""
+    folder = checkpoints.local_checkpoint(source, label="pretrained decoder", where_from=_musicgen_where_from())
+    pretrained = checkpoints.load_part(folder, part="decoder", standalone=MusicgenForCausalLM,
+                                       standalone_type="musicgen_decoder", weights="decoder",
+                                       where_from=_musicgen_where_from())
+    ours, theirs = model.decoder.config, pretrained.config
+    differ = [f"{name} {getattr(theirs, name)} (ours {getattr(ours, name)})" for name in _DECODER_FIELDS
+              if getattr(theirs, name) != getattr(ours, name)]
+    if differ:
+        raise UserError(f"{source}: its decoder does not fit this model's: {', '.join(differ)}. "
+                        "model.size 'small' is facebook/musicgen-small's decoder")
+    return pretrained.state_dict()
