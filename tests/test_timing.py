@@ -10,8 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from conftest import REPO
 from pipeline import threads, timing
 from pipeline.report import build_report
