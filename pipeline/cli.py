@@ -110,7 +110,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     check_model_folder(params.model, params)
     use_thread_policy()
     _quiet_transformers()
-    generator = Generator.load(params.model, device=params.device)
+    generator = Generator.load(params.model, device=params.device, cpu_quantize=params.cpu_quantize)
     music = score_video(generator, args.video, args.output, params, wav=args.wav, keep_audio=args.keep_audio,
                         progress=not args.quiet)
     extra = f" and {args.wav}" if args.wav else ""
