@@ -51,7 +51,7 @@ def worker(name: str, data: Path, min_seconds: float, quick: bool) -> dict:
     chosen = threads.apply()   # as every stage does in its user_errors wrapper
     import torch
 
-    from pipeline.config import CodesFeatureParams, ModelParams, VisualFeatureParams
+    from pipeline.config import CodesFeatureParams, FeaturesParams, ModelParams, VisualFeatureParams
     from pipeline.features.extract import ClipInput, codes_table, extract_tables
 
     clips = json.loads((data / "clips.json").read_text())
@@ -77,10 +77,11 @@ def worker(name: str, data: Path, min_seconds: float, quick: bool) -> dict:
             rows = extract_tables(inputs, visual=params, model=model, clip_out=data / "clip.parquet", progress=False)
             return float(sum(r["rows"] for r in rows))
     elif name == "train":
+        from pipeline.features.recipe import StreamRates
         from pipeline.model.builder import build_model
 
         torch.manual_seed(0)
-        model = build_model(ModelParams(size="tiny")).train()
+        model = build_model(ModelParams(size="tiny"), StreamRates.of(FeaturesParams())).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batch, seconds = (2, 1.0) if quick else (8, 4.0)
         visual = torch.randn(batch, int(2 * seconds), 50, 768)

@@ -28,7 +28,8 @@ import numpy as np
 import pipeline  # noqa: F401  (first: the thread policy's OpenMP wait setting must precede torch)
 import torch  # noqa: E402
 
-from pipeline.config import ModelParams
+from pipeline.config import FeaturesParams, ModelParams
+from pipeline.features.recipe import StreamRates
 from pipeline.model.builder import build_model
 from pipeline.model.sampling import generate_codes
 
@@ -56,7 +57,7 @@ def autocast():
 
 
 def training(seconds: float, steps: int, peak_tflops: float, batches: list[int], size: str = "small") -> None:
-    model = build_model(ModelParams(size=size)).to(DEVICE).train()
+    model = build_model(ModelParams(size=size), StreamRates.of(FeaturesParams())).to(DEVICE).train()
     config = model.config
     optimizer = torch.optim.AdamW(model.parameters(), lr=3.5e-5)
     params = sum(p.numel() for p in model.parameters())
@@ -94,7 +95,7 @@ def training(seconds: float, steps: int, peak_tflops: float, batches: list[int],
 
 
 def generation(seconds: float, size: str = "small") -> None:
-    model = build_model(ModelParams(size=size)).to(DEVICE).eval()
+    model = build_model(ModelParams(size=size), StreamRates.of(FeaturesParams())).to(DEVICE).eval()
     config = model.config
     z = torch.randn(1, int(config.visual_fps * seconds) * config.tokens_per_frame, config.decoder_dim, device=DEVICE)
     steps = int(config.codes_rate * seconds)

@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from pipeline.config import ModelParams
+from pipeline.features.recipe import StreamRates
 from pipeline.model.builder import build_model
 from pipeline.model.sampling import generate_codes, is_quantized, quantize_decoder, sampling_fidelity
 
-SIZE = 32
+RATES = StreamRates(visual_fps=2, flow_fps=4, code_rate=50, flow_size=32)
 
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(ModelParams(size="tiny", seed=1), motion_size=SIZE).eval()
+    return build_model(ModelParams(size="tiny", seed=1), RATES).eval()
 
 
 def condition(model, batch: int = 1) -> torch.Tensor:
@@ -56,7 +57,7 @@ def test_int8_decoder_samples_and_its_fidelity_is_measured(model):
     assert 0.5 < fidelity["token_agreement"] <= 1.0
 
     # A decoder that really differs is seen to differ.
-    other = build_model(ModelParams(size="tiny", seed=7), motion_size=SIZE).eval()
+    other = build_model(ModelParams(size="tiny", seed=7), RATES).eval()
     far = sampling_fidelity(model, other, z, codes)
     assert far["token_agreement"] < fidelity["token_agreement"]
     assert far["ce_difference"] > fidelity["ce_difference"]
