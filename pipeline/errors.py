@@ -1,7 +1,7 @@
 """Expected failures and how every command and stage reports them.
 
-This module sits below everything else in the project (it imports only the stdlib-only modules
-threads, timing and files), so the media, device, checkpoint and model code can raise a
+This module sits below everything else in the project (of it, it imports only the light bottom
+modules threads, timing and files, which import nothing heavier than psutil), so the media, device, checkpoint and model code can raise a
 :class:`UserError` without importing the params module, and the stages can report one without
 importing the CLI.
 """

@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from huggingface_hub import constants as hub_constants
+from tqdm import tqdm
 from transformers import EncodecConfig, EncodecModel
 
 from pipeline.checkpoints import RANDOM_MARKER, is_random_stand_in, load_part, local_checkpoint
