@@ -6,7 +6,12 @@
    decoder). On CUDA when available (bf16), else CPU with the thread rule of ``v2m generate``.
 2. End to end on CPU for the embedded default (``--model``, default models/v2m if it exists): a 30 s
    video through ``generate_music`` (decode, CLIP, flow, windowed sampling, codec decoding, loudness).
-3. In one run, at equal decoder size: our condition (N_v * P = 60 x 2 = 120 cross-attention tokens for
+3. On CPU, the faster sampling options against float32: the static KV cache (``generate.static_kv_cache``:
+   same numbers) and the int8 decoder (``generate.cpu_quantize``), with the int8 decoder's fidelity on the
+   same inputs and seed (per-token agreement and held-out CE difference, teacher-forced: see
+   ``pipeline.model.sampling.sampling_fidelity``); float32 stays the default where CE moves more than
+   0.01 nats/token.
+4. In one run, at equal decoder size: our condition (N_v * P = 60 x 2 = 120 cross-attention tokens for
    a 30 s window) against a VidMuse-style one (all 50 CLIP tokens of 60 frames = 3000), per-step
    sampling time and ratio.
 
@@ -17,35 +22,64 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
+import pipeline  # noqa: F401  (first: the thread policy's OpenMP wait setting must precede torch)
+import torch  # noqa: E402
+
+from pipeline import threads
 from pipeline.config import FeaturesParams, GenerateParams, ModelParams
 from pipeline.device import torch_threads
 from pipeline.generate import SMALL_DECODER_WIDTH
 from pipeline.features.recipe import StreamRates
 from pipeline.model.builder import build_model
-from pipeline.model.sampling import generate_codes
+from pipeline.model.sampling import generate_codes, quantize_decoder, sampling_fidelity
 
 
-def sampling_seconds(model, tokens: int, steps: int, device: str, cfg: float = 3.0) -> float:
+def sampling_seconds(model, tokens: int, steps: int, device: str, cfg: float = 3.0, static_cache: bool = False) -> float:
     """Wall time of sampling ``steps`` code frames with a condition of ``tokens`` rows."""
     z = torch.randn(1, tokens, model.config.decoder_dim, device=device) * 0.1
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
     threads = 1 if device == "cpu" and model.config.decoder_dim < SMALL_DECODER_WIDTH else 0
     with torch_threads(threads), autocast:
-        generate_codes(model, z, 4, cfg=cfg, generator=torch.Generator().manual_seed(0))    # warm-up
+        generate_codes(model, z, 4, cfg=cfg, generator=torch.Generator().manual_seed(0),
+                       static_cache=static_cache)    # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        generate_codes(model, z, steps, cfg=cfg, generator=torch.Generator().manual_seed(0))
+        generate_codes(model, z, steps, cfg=cfg, generator=torch.Generator().manual_seed(0), static_cache=static_cache)
         if device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
+
+
+def fast_paths(model, size: str, seconds: float, steps: int, float32_seconds: float) -> None:
+    """CPU: the static KV cache and the int8 decoder (generate.static_kv_cache, generate.cpu_quantize):
+    speed against float32 with the dynamic cache, and the int8 decoder's fidelity on the same inputs and seed."""
+    tokens = int(2 * 30) * model.config.tokens_per_frame
+    static = sampling_seconds(model, tokens, steps, "cpu", static_cache=True)
+    print(f"  static KV cache: {seconds / static:.3f}x real time ({1000 * static / steps:.1f} ms/step; "
+          f"{float32_seconds / static:.2f}x the dynamic cache's speed; same numbers)")
+    fast = quantize_decoder(copy.deepcopy(model))
+    for label, static_cache in (("int8 decoder", False), ("int8 decoder + static KV cache", True)):
+        quantized = sampling_seconds(fast, tokens, steps, "cpu", static_cache=static_cache)
+        print(f"  {label}: {seconds / quantized:.3f}x real time ({1000 * quantized / steps:.1f} ms/step; "
+              f"{float32_seconds / quantized:.2f}x float32's speed)")
+    # Fidelity: the same condition and held-out codes (float32's own CFG sample, seed 0) through both.
+    z = torch.randn(1, tokens, model.config.decoder_dim, generator=torch.Generator().manual_seed(1)) * 0.1
+    held_out = generate_codes(model, z, steps, cfg=3.0, generator=torch.Generator().manual_seed(0))
+    f = sampling_fidelity(model, fast, z, held_out, cfg=3.0, top_k=250, seed=0)
+    verdict = ("within 0.01: cpu_quantize could be the default at this size" if abs(f["ce_difference"]) <= 0.01
+               else "more than 0.01: float32 stays the default at this size")
+    print(f"  int8 fidelity vs float32 ({steps} steps, CFG 3, top-k 250, seed 0): per-token agreement "
+          f"{f['token_agreement']:.4f} (greedy {f['greedy_agreement']:.4f}); held-out CE {f['ce_fast']:.4f} vs "
+          f"{f['ce_reference']:.4f} nats/token, difference {f['ce_difference']:+.4f} ({verdict}); random weights "
+          f"at {size}: re-check on trained weights")
 
 
 def end_to_end(model_dir: Path, seconds: float) -> None:
@@ -72,6 +106,7 @@ def main() -> None:
     parser.add_argument("--small-seconds", type=float, default=2.0, help="music per measurement for small on CPU")
     parser.add_argument("--model", type=Path, default=Path("models/v2m"), help="exported model for the end-to-end run")
     args = parser.parse_args()
+    threads.apply()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {device}; torch {torch.__version__}; CPU threads {torch.get_num_threads()}")
 
@@ -87,6 +122,8 @@ def main() -> None:
         print(f"  conditioning at equal decoder size: ours 120 tokens {1000 * ours / steps:.2f} ms/step, "
               f"VidMuse-style 3000 tokens {1000 * vidmuse / steps:.2f} ms/step: VidMuse-style / ours = "
               f"{vidmuse / ours:.2f}x")
+        if device == "cpu":
+            fast_paths(model, size, seconds, steps, ours)
         del model
     if device == "cpu" and (args.model / "features.json").is_file():
         end_to_end(args.model, args.seconds)

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline import config
-from pipeline.errors import user_errors
+from pipeline import config, timing
+from pipeline.errors import use_thread_policy, user_errors
 from pipeline.media import ffmpeg_exe
 
 FORBIDDEN_PACKAGES = ("torchvision", "torchaudio", "timm", "open_clip_torch", "audiocraft")
@@ -113,8 +113,9 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     from pipeline.generate import Generator, check_model_folder, score_video
 
     check_model_folder(params.model, params)
+    use_thread_policy()
     _quiet_transformers()
-    generator = Generator.load(params.model, device=params.device)
+    generator = Generator.load(params.model, device=params.device, cpu_quantize=params.cpu_quantize)
     music = score_video(generator, args.video, args.output, params, wav=args.wav, keep_audio=args.keep_audio,
                         progress=not args.quiet, plan=plan)
     extra = f" and {args.wav}" if args.wav else ""
@@ -136,12 +137,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     params = _section_with_options(args, "evaluate", config.EvaluateParams, {
         "vggish": str(args.vggish) if args.vggish else None, "passt": str(args.passt) if args.passt else None,
         "fad_preset": args.fad_preset})
+    use_thread_policy()
     summary, rows = evaluate_dirs(args.generated, args.reference, params, progress=not args.quiet)
     table = args.clips or args.out.with_suffix(".clips.parquet")
     write_results(summary, rows, args.out, table)
     shown = ", ".join(f"{key} {summary[key]:.4f}" if isinstance(summary[key], float) else f"{key} n/a"
                       for key in ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine"))
     print(f"{summary['pairs']} pairs: {shown}; wrote {args.out} and {table}")
+
+
+def _cmd_timings(args: argparse.Namespace) -> None:
+    rows = timing.read_timings(args.folder)
+    if not rows:
+        raise FileNotFoundError(f"{args.folder or timing.timings_dir()}: no stage timings recorded yet (run dvc repro)")
+    print(timing.format_table(rows))
 
 
 def _cmd_doctor(args: argparse.Namespace) -> None:
@@ -277,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="defaults come from this file's evaluate section when it exists")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    timings = sub.add_parser("timings", help="each stage's last wall time (recorded in .cache/v2m/timings)")
+    timings.add_argument("--folder", type=Path, help="timings folder (default .cache/v2m/timings or $V2M_TIMINGS)")
+    timings.set_defaults(func=_cmd_timings)
 
     doctor = sub.add_parser("doctor", help="check the installation (torch, ffmpeg, forbidden packages)")
     doctor.set_defaults(func=_cmd_doctor)

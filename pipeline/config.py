@@ -465,6 +465,11 @@ class GenerateParams:
     sampling_threads: int = param(0, lo=0, hi=1024,
                                   doc="CPU threads while sampling; 0 = auto (1 for decoders narrower than 512, "
                                       "whose per-step work is too small to split)")
+    cpu_quantize: bool = param(False, doc="on CPU, int8 dynamic quantisation of the decoder's linear layers "
+                                          "(faster sampling; off unless benchmarks/generation.py shows its CE within "
+                                          "0.01 nats/token of float32)")
+    static_kv_cache: bool = param(False, doc="preallocated KV cache while sampling (no per-step concatenation; same "
+                                             "numbers up to float rounding)")
 
 
 @section("evaluate")

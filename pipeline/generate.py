@@ -38,7 +38,7 @@ from pipeline.features import codec as codec_lib
 from pipeline.features.extract import extract_video
 from pipeline.features.recipe import FeatureRecipe, read_recipe
 from pipeline.features.visual import ClipEncoder
-from pipeline.model.sampling import generate_codes
+from pipeline.model.sampling import generate_codes, quantize_decoder
 from pipeline.files import atomic_path
 from pipeline.model.v2m import V2MConfig, V2MModel
 from pipeline.split import ids_in
@@ -63,8 +63,11 @@ class Generator:
     device: str
 
     @classmethod
-    def load(cls, model_dir: Path | str, device: str = "auto") -> "Generator":
+    def load(cls, model_dir: Path | str, device: str = "auto", cpu_quantize: bool = False) -> "Generator":
         """Load ``model_dir`` (the train stage's export) and the CLIP and codec folders its recipe names.
+
+        ``cpu_quantize``: on CPU, int8 dynamic quantisation of the decoder's linear layers
+        (:func:`pipeline.model.sampling.quantize_decoder`); ignored on CUDA.
 
         Raises:
             UserError: a missing folder or file, named.
@@ -75,6 +78,8 @@ class Generator:
             model = V2MModel.from_pretrained(model_dir, device=device, config=config)
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
+        if cpu_quantize and device == "cpu":
+            quantize_decoder(model)
         features = recipe.features
         clip = ClipEncoder.load(features.clip.model, batch_size=features.clip.batch_size, device=device,
                                 dtype=features.clip.dtype)
@@ -223,7 +228,7 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
             with torch_threads(threads if generator.device == "cpu" else 0):
                 out = generate_codes(model, z, new, cfg=params.cfg, top_k=params.top_k or None,
                                      temperature=params.temperature, generator=generator_rng, prompt=prompt_codes,
-                                     callback=on_step)
+                                     callback=on_step, static_cache=params.static_kv_cache)
             codes = torch.cat([codes, out[0].cpu()], dim=1)
             windows.append((start / config.codes_rate, end / config.codes_rate))
     finally:

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 from pipeline.errors import UserError
 from pipeline.files import atomic_path
+from pipeline.timing import read_timings
 
 
 class ReportError(UserError, ValueError):
@@ -171,7 +172,7 @@ SCRIPT = """
 
 def build_report(out_dir: Path | str, *, eval_summary: dict, clip_rows: list[dict], benchmark: dict | None,
                  plots: list[Path], media: list[dict], notice: str | None,
-                 title: str = "v2m evaluation report") -> Path:
+                 title: str = "v2m evaluation report", timings: list[dict] | None = None) -> Path:
     """Write the report folder ``out_dir`` (index.html, plots/, media/) atomically; return the index.html path.
 
     Args:
@@ -186,6 +187,9 @@ def build_report(out_dir: Path | str, *, eval_summary: dict, clip_rows: list[dic
         media: per clip ``{"video_id", "generated": mp4, "reference": mp4 or None,
             "generated_audio": wav (optional)}``; every file is copied into the folder.
         notice: a headline notice shown above everything; None for none.
+        timings: the stages' last wall times (pipeline/timing.py rows: ``stage``, ``status``,
+            ``seconds``, ``startup_seconds``, ``threads``, ``max_rss_mb``, ``finished``); None or
+            empty = no timing section.
 
     Raises:
         ReportError: a plot or media file that does not exist, a media item without a
@@ -202,7 +206,8 @@ def build_report(out_dir: Path | str, *, eval_summary: dict, clip_rows: list[dic
             target.parent.mkdir(parents=True, exist_ok=True)
             _copy(source, target)
         page = _page(title=title, notice=notice, eval_summary=eval_summary, clip_rows=clip_rows,
-                     benchmark=benchmark, plot_files=plot_files, clips=clips, rows_by_id=rows_by_id)
+                     benchmark=benchmark, plot_files=plot_files, clips=clips, rows_by_id=rows_by_id,
+                     timings=timings or [])
         (temp / "index.html").write_text(page, encoding="utf-8")
     return out_dir / "index.html"
 
@@ -463,8 +468,27 @@ def _clips_table(clip_rows: list[dict], with_media: set[str]) -> str:
             f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
+def _timings_section(timings: list[dict]) -> str:
+    if not timings:
+        return ""
+    columns = (("stage", "stage"), ("status", "status"), ("seconds", "wall s"),
+               ("startup_seconds", "of which start-up s"), ("threads", "torch threads"),
+               ("max_rss_mb", "max RSS MB"), ("finished", "finished (UTC)"))
+    head = "".join(f'<th scope="col">{_e(label)}</th>' for _, label in columns)
+    body = []
+    for row in timings:
+        cells = "".join(_value_cell(row.get(key)) if key not in ("stage", "status", "finished")
+                        else f"<td>{_e(row.get(key))}</td>" for key, _ in columns)
+        body.append(f'<tr data-stage="{_e(row.get("stage"))}">{cells}</tr>')
+    total = sum(row.get("seconds") or 0 for row in timings if row.get("status") == "ok")
+    return ('<h2 id="timings-heading">Stage wall times</h2><p class="meaning">Each stage\'s last run on this '
+            'machine, from its process start (Python start-up and imports included), as recorded in '
+            f'.cache/v2m/timings; total of the ok rows {total:.1f} s. The report stage itself is not in it.</p>'
+            f'<table id="timings"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
 def _page(*, title: str, notice: str | None, eval_summary: dict, clip_rows: list[dict], benchmark: dict | None,
-          plot_files: list[tuple[Path, str]], clips: list[dict], rows_by_id: dict) -> str:
+          plot_files: list[tuple[Path, str]], clips: list[dict], rows_by_id: dict, timings: list[dict]) -> str:
     notice_html = (f'<div class="notice" id="notice" role="note"><strong>Note:</strong> {_e(notice)}</div>'
                    if notice else "")
     sections = [
@@ -473,6 +497,7 @@ def _page(*, title: str, notice: str | None, eval_summary: dict, clip_rows: list
         _plots_section(plot_files),
         _media_section(clips, rows_by_id),
         _clips_table(clip_rows, {c["video_id"] for c in clips}),
+        _timings_section(timings),
     ]
     return (
         "<!DOCTYPE html>\n"
@@ -518,6 +543,6 @@ def report_run(shards: list[str], model_dir: Path | str, report_clips: int, *, m
         media.append({"video_id": video_id, "generated": generated / f"{video_id}.mp4", "reference": reference})
     plots = sorted((metrics_dir / "eval" / "plots").glob("*.png"))
     index = build_report(metrics_dir / "report", eval_summary=summary, clip_rows=rows, benchmark=benchmark,
-                         plots=plots, media=media, notice=notice)
+                         plots=plots, media=media, notice=notice, timings=read_timings())
     return f"report: {index} ({len(media)} clips with video, {len(plots)} plots)"
 

@@ -112,7 +112,7 @@ def train_on_stems(model: HTDemucs, stems: list[tuple[np.ndarray, np.ndarray]], 
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for _ in range(steps):
+        for _ in tqdm(range(steps), desc="separator_init: train", unit="step", leave=False):
             picks = rng.integers(len(usable), size=batch)
             starts = [int(rng.integers(0, usable[i][0].shape[1] - length + 1)) for i in picks]
             acc = torch.from_numpy(np.stack([usable[i][0][:, s:s + length] for i, s in zip(picks, starts)]))

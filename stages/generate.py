@@ -18,7 +18,7 @@ def main() -> None:
         generate = params["generate"]
         clips = split_clips({shard: Path("data/clips") / shard for shard in params["data"].shards}, params["split"],
                             generate.split, generate.max_clips)
-        generator = Generator.load(generate.model, device=generate.device)
+        generator = Generator.load(generate.model, device=generate.device, cpu_quantize=generate.cpu_quantize)
         rows = generate_set(generator, clips, Path("data/generated"), generate)
         seconds = sum(row.get("seconds") or 0.0 for row in rows)
         compute = sum(row["compute_seconds"] for row in rows)

@@ -18,6 +18,7 @@ from pipeline.config import SampleParams
 from pipeline.features.store import FeatureShard
 from pipeline.status import read_status
 from pipeline.synth import read_labels, render_sample_set
+from pipeline.timing import read_timings
 
 from conftest import REPO
 
@@ -130,6 +131,12 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     assert (work / "metrics" / "eval" / "plots" / "distributions.png").is_file()
     page = (work / "metrics" / "report" / "index.html").read_text()
     assert "RANDOM weights" in page and "chroma_cosine" in page
+    # Every stage recorded its wall time, outside DVC's outputs (the no-op repro below shows DVC ignores
+    # it), and the report, which runs last, shows the others'.
+    timings = {row["stage"]: row for row in read_timings(work / ".cache" / "v2m" / "timings")}
+    assert set(timings) == ran(first)
+    assert all(row["status"] == "ok" and row["seconds"] >= row["startup_seconds"] > 0 for row in timings.values())
+    assert 'id="timings"' in page and 'data-stage="train"' in page and 'data-stage="report"' not in page
 
     second = run(["dvc", "repro"], work)
     assert ran(second) == set() and "up to date" in second

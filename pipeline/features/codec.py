@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from huggingface_hub import constants as hub_constants
+from tqdm import tqdm
 from transformers import EncodecConfig, EncodecModel
 
 from pipeline import audiocraft_format
@@ -209,7 +210,7 @@ def encoder_frames(model: EncodecModel, audios: Sequence[np.ndarray]) -> torch.T
     """
     frames = []
     with torch.inference_mode():
-        for audio in audios:
+        for audio in tqdm(audios, desc="codec_init: encoder frames", unit="clip", leave=False):
             hidden = model.encoder(_as_batch(np.asarray(audio, dtype=np.float32)[None], model))  # [1, D, T]
             frames.append(hidden[0].t().float().cpu())
     return torch.cat(frames)
@@ -305,7 +306,8 @@ def calibrate_codebooks(model: EncodecModel, audios: Sequence[np.ndarray], *, in
     variance = max(float((x - x.mean(0)).pow(2).sum()), 1e-30)
     residual = x  # updated in place: x is ours
     codes, left = [], []
-    for k, layer in enumerate(model.quantizer.layers[:num_codebooks(model, bandwidth)]):
+    layers = model.quantizer.layers[:num_codebooks(model, bandwidth)]
+    for k, layer in enumerate(tqdm(layers, desc="codec_init: k-means", unit="codebook", leave=False)):
         centroids = _kmeans(residual, fitted, init_frames=init_frames, iterations=iterations, generator=generator)
         assign = _nearest(residual, centroids)
         embed = torch.cat([centroids, _outside(residual, size - fitted, generator)])

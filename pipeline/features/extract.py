@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -27,12 +27,16 @@ from tqdm import tqdm
 
 from pipeline import media
 from pipeline.config import CodesFeatureParams, FlowFeatureParams, VisualFeatureParams
-from pipeline.features import codec as codec_lib
 from pipeline.features.motion import dequantize, flow_kwargs, flow_magnitudes, quantize
 from pipeline.features.store import ShardWriter, tensor_column
-from pipeline.features.visual import HIDDEN_STATE, ClipEncoder, encode_frames, preprocess
 from pipeline.status import (OK, PICTURE_FIELDS, failed_row, ok_row, picture_columns, read_status, status_schema,
                              summary, write_status)
+
+if TYPE_CHECKING:
+    from pipeline.features.visual import ClipEncoder
+
+# CLIP (pipeline.features.visual) and EnCodec (pipeline.features.codec) are imported where they are
+# used: they load torch and transformers, seconds of start-up that the motion stage never needs.
 
 log = logging.getLogger("v2m.features")
 
@@ -81,6 +85,8 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
         decoded gets a failed row and is left out of the tables.
     """
     want_rgb, want_gray = clip_out is not None, flow_out is not None
+    if want_rgb:
+        from pipeline.features.visual import HIDDEN_STATE, encode_frames, preprocess
     decoded: queue.Queue[_Decoded | None] = queue.Queue(maxsize=4)
     flow_pool = ThreadPoolExecutor(max_workers=flow_workers) if want_gray else None
     stop = threading.Event()
@@ -201,7 +207,7 @@ class VideoFeatures:
     picture: media.Picture = dataclasses.field(default_factory=media.Picture)
 
 
-def extract_video(path: Path | str, *, visual: VisualFeatureParams, encoder: ClipEncoder,
+def extract_video(path: Path | str, *, visual: VisualFeatureParams, encoder: "ClipEncoder",
                   flow: FlowFeatureParams | None = None, seconds: float | None = None) -> VideoFeatures:
     """The features of one whole video (or its first ``seconds``), for generation.
 
@@ -228,6 +234,8 @@ def _tokens_type(model) -> pa.DataType:
 def codes_table(video_ids: Iterable[str], audio_dir: Path, out: Path, params: CodesFeatureParams, model,
                 progress: bool = True, desc: str = "codes") -> list[dict]:
     """EnCodec codes of ``audio_dir/<id>.wav`` (32 kHz mono) for each id; one status row per clip."""
+    from pipeline.features import codec as codec_lib
+
     video_ids = list(video_ids)
     rows = []
     n_codebooks = None

@@ -13,15 +13,39 @@ logits are ``uncond + cfg * (cond - uncond)``, computed as ``cond + (cfg - 1) * 
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
+from torch import nn
+from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
 from pipeline.device import evaluating
 from pipeline.model.patterns import apply_delay, delay_valid_mask, undo_delay
-from pipeline.model.v2m import V2MModel
+from pipeline.model.v2m import V2MModel, codebook_cross_entropy
 
 StepCallback = Callable[[int, torch.Tensor], None]
+
+
+def quantize_decoder(model: V2MModel) -> V2MModel:
+    """int8 dynamic quantisation of the decoder's ``nn.Linear`` layers, in place (CPU inference only).
+
+    Weights become int8 per output channel and activations are quantised per call: the sampling
+    step's matrix-vector products read a quarter of the bytes. The numbers change, so it is an
+    option (``generate.cpu_quantize``) whose fidelity ``benchmarks/generation.py`` measures.
+    Returns ``model``, whose decoder can no longer be trained or moved to CUDA.
+    """
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, not installed here; it still works in 2.13.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        model.decoder = torch.ao.quantization.quantize_dynamic(model.decoder.cpu(), {nn.Linear}, dtype=torch.qint8,
+                                                               inplace=True)
+    return model
+
+
+def is_quantized(model: V2MModel) -> bool:
+    return any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.decoder.modules())
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg: float) -> torch.Tensor:
@@ -64,7 +88,8 @@ def sample_top_k(logits: torch.Tensor, top_k: int | None = 250, temperature: flo
 @torch.no_grad()
 def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float = 3.0, top_k: int | None = 250,
                    temperature: float = 1.0, generator: torch.Generator | None = None,
-                   prompt: torch.Tensor | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+                   prompt: torch.Tensor | None = None, callback: StepCallback | None = None,
+                   static_cache: bool = False) -> torch.Tensor:
     """Sample ``steps`` code frames given the condition ``Z``, with the decoder's KV cache.
 
     Args:
@@ -76,6 +101,8 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
         prompt: long ``[B, K, T0]`` codes that the output continues (forced, not returned).
         callback: called as ``callback(position, logits [B, K, C])`` with the guided logits of
             every delayed position ``s`` that is predicted (``T0 + 1 .. T0 + steps + K - 1``).
+        static_cache: preallocate the self-attention cache for the whole sequence (written in place
+            at each step) instead of concatenating a growing one: the same logits up to float rounding.
 
     Returns:
         long ``[B, K, steps]``: the codes after the prompt.
@@ -107,13 +134,19 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
     decoder = model.decoder
     with evaluating(model):
         cache = None
+        if static_cache:
+            cache = EncoderDecoderCache(StaticCache(config=decoder.config, max_cache_len=total + k), DynamicCache())
         start = known + 1  # positions 0 .. known carry only the start step and prompt codes
         for position in range(start, total + k):
-            inputs = seq[:, :, :position] if cache is None else seq[:, :, position - 1:position]
+            first = position == start
+            inputs = seq[:, :, :position] if first else seq[:, :, position - 1:position]
             if guided:
                 inputs = torch.cat([inputs, inputs])
+            extra = {}
+            if static_cache:
+                extra["cache_position"] = torch.arange(position - inputs.shape[-1], position, device=z.device)
             out = decoder(input_ids=inputs.reshape(-1, inputs.shape[-1]), encoder_hidden_states=cond,
-                          cache=cache, use_cache=True)
+                          cache=cache, use_cache=True, **extra)
             cache = out.cache
             logits = out.logits.reshape(inputs.shape[0], k, inputs.shape[-1], -1)[:, :, -1].float()
             if guided:
@@ -123,6 +156,46 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
             tokens = sample_top_k(logits, top_k, temperature, generator)
             seq[:, :, position] = torch.where(forced[:, position], seq[:, :, position], tokens)
     return undo_delay(seq)[:, :, known:]
+
+
+@torch.no_grad()
+def sampling_fidelity(reference: V2MModel, fast: V2MModel, z: torch.Tensor, codes: torch.Tensor, *,
+                      cfg: float = 3.0, top_k: int | None = 250, temperature: float = 1.0,
+                      seed: int = 0) -> dict[str, float]:
+    """How far a fast decoder (e.g. :func:`quantize_decoder`'s) samples from the reference, teacher-forced.
+
+    Both decoders see the same condition and the same held-out codes at every position, so the
+    comparison does not drift the way two free-running samples do after their first difference.
+
+    Args:
+        reference, fast: the two models (only their decoders run).
+        z: the condition ``[B, N, M]``.
+        codes: held-out long ``[B, K, T]``.
+        cfg, top_k, temperature: the sampling settings compared.
+        seed: both draws use a generator with this seed, so a token differs only where the
+            (guided, top-k) distributions do.
+
+    Returns:
+        ``token_agreement`` (share of the valid positions where the two sampled tokens are equal),
+        ``greedy_agreement`` (the same for the argmax), ``ce_reference`` and ``ce_fast`` (held-out
+        cross-entropy in nats/token with the condition, the training loss's definition) and
+        ``ce_difference`` = ``ce_fast - ce_reference``.
+    """
+    delayed, valid = apply_delay(codes.long(), reference.config.pad_id)
+    inputs, targets, valid = delayed[:, :, :-1], delayed[:, :, 1:], valid[:, :, 1:]
+    out: dict[str, float] = {}
+    tokens, greedy = [], []
+    for name, model in (("reference", reference), ("fast", fast)):
+        with evaluating(model):
+            cond = model.decoder_logits(inputs, z).float()                          # [B, K, S, C]
+            guided = guide(cond, model.decoder_logits(inputs, torch.zeros_like(z)).float(), cfg) if cfg != 1.0 else cond
+        out[f"ce_{name}"] = float(codebook_cross_entropy(cond, targets, valid).mean())
+        tokens.append(sample_top_k(guided, top_k, temperature, torch.Generator().manual_seed(seed)))
+        greedy.append(guided.argmax(dim=-1))
+    out["ce_difference"] = out["ce_fast"] - out["ce_reference"]
+    out["token_agreement"] = float((tokens[0] == tokens[1])[valid].float().mean())
+    out["greedy_agreement"] = float((greedy[0] == greedy[1])[valid].float().mean())
+    return out
 
 
 def _prompt_positions(k: int, known: int, total: int, device) -> torch.Tensor:
