@@ -1,4 +1,5 @@
-"""Loudness of generated music: ITU-R BS.1770-4 integrated loudness and normalisation to a target.
+"""Audio helpers shared by separation, generation and the metrics: mono downmix and resampling
+(the one soxr quality setting), and ITU-R BS.1770-4 loudness with normalisation to a target.
 
 Generated clips come out at whatever level the codec decoder gives; users expect music that sits
 at a streaming-style level (-14 LUFS by default) without clipping, whatever the model.
@@ -9,12 +10,42 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import soxr
 from scipy.signal import lfilter
 
 BLOCK_SECONDS = 0.4      # gating block (BS.1770-4, 2.3)
 BLOCK_STEP = 0.1         # 75 % overlap
 ABSOLUTE_GATE = -70.0    # LUFS
 RELATIVE_GATE = -10.0    # LU below the absolutely gated loudness
+# soxr's best setting: the metrics compare spectra up to the Nyquist of the target rate.
+RESAMPLE_QUALITY = "VHQ"
+
+
+def mono_resampled(audio: np.ndarray, sample_rate: int, target_rate: int,
+                   quality: str = RESAMPLE_QUALITY) -> np.ndarray:
+    """Audio as one channel at ``target_rate``.
+
+    Channels are averaged (as audiocraft's ``convert_audio`` does to reach one channel), then
+    resampled with soxr. The published metric tools resample with julius (audiocraft) or resampy
+    (VGGish's own front end); the filters differ slightly, so numbers can differ in the last digits.
+
+    Args:
+        audio: float ``[C, S]`` or ``[S]``.
+        sample_rate: rate of ``audio`` in Hz.
+        target_rate: rate wanted in Hz.
+        quality: soxr quality name (``"VHQ"``, ``"HQ"``, ...).
+
+    Returns:
+        float64 ``[S']``, ``S'`` about ``S * target_rate / sample_rate`` (soxr rounds it).
+    """
+    audio = np.asarray(audio, dtype=np.float64)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=0)
+    elif audio.ndim != 1:
+        raise ValueError(f"audio must be [C, S] or [S], got shape {audio.shape}")
+    if int(sample_rate) == int(target_rate) or audio.size == 0:
+        return audio
+    return np.asarray(soxr.resample(audio, int(sample_rate), int(target_rate), quality=quality), dtype=np.float64)
 
 
 def k_weighting(sample_rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -84,4 +115,4 @@ def normalize_loudness(audio: np.ndarray, sample_rate: int, target_lufs: float =
     return (audio * 10 ** (gain_db / 20)).astype(np.float32), gain_db
 
 
-__all__ = ["integrated_loudness", "k_weighting", "normalize_loudness"]
+__all__ = ["RESAMPLE_QUALITY", "integrated_loudness", "k_weighting", "mono_resampled", "normalize_loudness"]

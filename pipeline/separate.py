@@ -35,12 +35,12 @@ from omegaconf import OmegaConf
 import pyarrow as pa
 from tqdm import tqdm
 
+from pipeline.audio import RESAMPLE_QUALITY, mono_resampled
 from pipeline.checkpoints import RANDOM_MARKER
 from pipeline.config import SeparateParams
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
 from pipeline.media import MediaError, read_wav, write_wav
-from pipeline.metrics import mono_resampled
 from pipeline.status import failed_row, ok_row, STATUS_FILE, ok_ids, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.separate")
@@ -299,7 +299,7 @@ def separate_accompaniment(model: Separator, audio: np.ndarray, *, segment: floa
 
 
 def to_target(audio: np.ndarray, sr_in: int, sr_out: int = 32000) -> np.ndarray:
-    """Mono downmix and resample (soxr, very high quality).
+    """Mono downmix and resample (soxr at the shared :data:`pipeline.audio.RESAMPLE_QUALITY`).
 
     Args:
         audio: float ``[C, S]`` at ``sr_in``.
@@ -308,7 +308,7 @@ def to_target(audio: np.ndarray, sr_in: int, sr_out: int = 32000) -> np.ndarray:
         float32 ``[1, S_out]`` at ``sr_out``, S_out = round(S * sr_out / sr_in) exactly.
     """
     n_out = round(Fraction(np.shape(audio)[-1] * sr_out, sr_in))
-    mono = mono_resampled(audio, sr_in, sr_out, quality="VHQ")
+    mono = mono_resampled(audio, sr_in, sr_out, quality=RESAMPLE_QUALITY)
     # soxr's length can differ from the exact one by a sample: trim or zero-pad to it.
     mono = np.pad(mono[:n_out], (0, max(0, n_out - mono.shape[0])))
     return mono[None].astype(np.float32)

@@ -18,7 +18,7 @@ from typing import Iterable
 import librosa
 import numpy as np
 
-from pipeline.metrics import RESAMPLE_QUALITY, mono_resampled
+from pipeline.audio import RESAMPLE_QUALITY, mono_resampled
 
 SAMPLE_RATE = 32000
 N_FFT = 2 ** 14

@@ -35,7 +35,7 @@ from pipeline.config import EvaluateParams
 from pipeline.errors import UserError
 from pipeline.files import atomic_path, file_sha256
 from pipeline.media import read_wav
-from pipeline.metrics import mono_resampled
+from pipeline.audio import mono_resampled
 from pipeline.metrics import chroma as chroma_metric
 from pipeline.metrics.fad import embedding_stats, frechet_distance
 from pipeline.metrics.vggish import FRONT_END_PRESETS, embed, load_vggish

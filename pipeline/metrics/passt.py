@@ -93,6 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.audio import mono_resampled
 from pipeline.checkpoints import read_state_dict
 from pipeline.errors import UserError
 
@@ -497,8 +498,6 @@ def segment_probabilities(model: PaSST, audio: np.ndarray, sample_rate: int = SA
         float64 ``[N_segments, classes]``, rows summing to 1; ``[0, classes]`` for a clip of
         ``min_seconds`` or less.
     """
-    from pipeline.metrics import mono_resampled
-
     wav = mono_resampled(audio, sample_rate, model.sample_rate).astype(np.float32)
     segments = split_segments(wav, model.sample_rate, segment_seconds, min_seconds)
     classes = model.head[1].out_features

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline.files import atomic_path
-from pipeline.metrics import mono_resampled
+from pipeline.audio import mono_resampled
 from pipeline.metrics.chroma import SAMPLE_RATE as CHROMA_RATE
 from pipeline.metrics.chroma import chroma_frames, periodic_hann
 

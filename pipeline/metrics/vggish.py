@@ -37,7 +37,7 @@ from torch import nn
 from pipeline.checkpoints import read_state_dict
 from pipeline.errors import UserError
 from pipeline.files import atomic_path
-from pipeline.metrics import RESAMPLE_QUALITY, mono_resampled
+from pipeline.audio import RESAMPLE_QUALITY, mono_resampled
 
 SAMPLE_RATE = 16000
 STFT_WINDOW_SECONDS = 0.025
