@@ -138,11 +138,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         "vggish": str(args.vggish) if args.vggish else None, "passt": str(args.passt) if args.passt else None,
         "fad_preset": args.fad_preset})
     use_thread_policy()
-    summary, rows = evaluate_dirs(args.generated, args.reference, params, progress=not args.quiet)
+    summary, rows = evaluate_dirs(args.generated, args.reference, params, progress=not args.quiet, videos=args.videos)
     table = args.clips or args.out.with_suffix(".clips.parquet")
     write_results(summary, rows, args.out, table)
     shown = ", ".join(f"{key} {summary[key]:.4f}" if isinstance(summary[key], float) else f"{key} n/a"
-                      for key in ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine"))
+                      for key in ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine", "fd_passt",
+                                  "av_align", "av_align_reference", "beat_f1", "beat_f1_50ms"))
     print(f"{summary['pairs']} pairs: {shown}; wrote {args.out} and {table}")
 
 
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--quiet", action="store_true", help="no progress bar")
     generate.set_defaults(func=_cmd_generate)
 
-    evaluate = sub.add_parser("evaluate", help="FAD / KLD / chroma cosine of generated vs reference audio",
+    evaluate = sub.add_parser("evaluate", help="FAD / KLD / chroma cosine / sync metrics of generated vs reference audio",
                               description="Score generated audio against references, pairs matched by file stem "
                                           "(<id>.wav in both folders); metric definitions in the README.")
     evaluate.add_argument("--generated", type=Path, required=True, metavar="DIR", help="generated <id>.wav files")
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="summary metrics")
     evaluate.add_argument("--clips", type=Path, metavar="FILE.parquet",
                           help="per-clip table (default: beside --out, .clips.parquet)")
+    evaluate.add_argument("--videos", type=Path, metavar="DIR",
+                          help="the videos (<id>.mp4, matched by stem) for AV-Align; without them av_align is null")
     evaluate.add_argument("--vggish", type=Path, metavar="CKPT",
                           help="VGGish weights (torchvggish vggish-10086976.pth); without them FAD is null")
     evaluate.add_argument("--fad-preset", choices=("google", "frechet_audio_distance"),

@@ -56,6 +56,24 @@ METRICS = (
     ("chroma_cosine", "chroma cosine",
      "frame-wise cosine of generated vs reference chroma (pitch classes), frame-weighted over all clips; "
      "with one-hot frames (the default) the share of frames whose dominant pitch class matches; higher is better"),
+    ("fd_passt", "FD (PaSST)",
+     "Fréchet distance between the PaSST embedding distributions of generated and reference audio (as MMAudio's "
+     "av-benchmark reports FD_PaSST); lower is better, 0 = same distribution"),
+    ("av_align", "AV-Align, generated",
+     "IoU of the music's onsets and the video's motion peaks (within one frame; TempoTokens); higher = music "
+     "follows the picture's motion more (TempoTokens' formula: several onsets on one peak all count)"),
+    ("av_align_reference", "AV-Align, reference",
+     "the same for the reference music on the same video: the ceiling av_align is measured against"),
+    ("beat_hit", "beat hit (1 s bins)",
+     "share of the reference's 1 s bins with an onset where the generated music also has one (LORIS); "
+     "higher is better"),
+    ("beat_coverage", "beat coverage (1 s bins)",
+     "share of the generated music's 1 s bins with an onset where the reference also has one (LORIS); "
+     "higher is better"),
+    ("beat_f1", "beat F1 (1 s bins)", "harmonic mean of beat_hit and beat_coverage; higher is better"),
+    ("beat_f1_50ms", "beat F1 (50 ms)",
+     "harmonic mean of the shares of reference onsets matched by a generated onset within 50 ms and vice "
+     "versa (finer than 1 s bins, which dense music fills whatever it plays); higher is better"),
 )
 
 # Where a null metric's reason is looked up, first match wins.
@@ -65,6 +83,9 @@ REASON_KEYS = {
     "kld_gen_ref": ("kld_gen_ref_reason", "kld_reason"),
     "kld_both": ("kld_both_reason", "kld_reason"),
     "chroma_cosine": ("chroma_cosine_reason", "chroma_reason"),
+    "fd_passt": ("fd_passt_reason",),
+    "av_align": ("av_align_reason",),
+    "av_align_reference": ("av_align_reason",),
 }
 
 COUNT_KEYS = ("pairs", "frames", "segments")

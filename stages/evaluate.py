@@ -1,5 +1,6 @@
-"""Stage `evaluate`: FAD / KLD / chroma cosine of data/generated against the separated references
--> metrics/eval.json (summary), metrics/eval/clips.parquet (per clip), metrics/eval/plots/*.png."""
+"""Stage `evaluate`: FAD / KLD / chroma cosine / FD_PaSST / sync metrics of data/generated against the
+separated references (AV-Align on the clips' videos) -> metrics/eval.json (summary),
+metrics/eval/clips.parquet (per clip), metrics/eval/plots/*.png."""
 
 import logging
 from pathlib import Path
@@ -21,7 +22,8 @@ def main() -> None:
         params = load_params(sections=SECTIONS)
         evaluate = params["evaluate"]
         references = [Path("data/separated") / shard for shard in params["data"].shards]
-        summary, rows = evaluate_dirs(GENERATED, references, evaluate)
+        videos = [Path("data/clips") / shard for shard in params["data"].shards]
+        summary, rows = evaluate_dirs(GENERATED, references, evaluate, videos=videos)
         write_results(summary, rows, Path("metrics/eval.json"), OUT / "clips.parquet")
         plots = OUT / "plots"
         for old in plots.glob("*.png") if plots.is_dir() else ():
@@ -35,7 +37,8 @@ def main() -> None:
             plot_clip_comparison(generated, reference, rate, plots / f"clip-{video_id}.png",
                                  title=f"{video_id}: generated vs reference", reference_sample_rate=reference_rate)
         shown = ", ".join(f"{k} {summary[k]:.4f}" if summary[k] is not None else f"{k} null"
-                          for k in ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine"))
+                          for k in ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine", "fd_passt",
+                                    "av_align", "av_align_reference", "beat_f1", "beat_f1_50ms"))
         print(f"evaluate: {summary['pairs']} pairs: {shown}")
 
 

@@ -34,6 +34,9 @@ SECONDS, FPS, RATE = 1.0, 12, 22050
 
 SUMMARY = {"fad": None, "fad_reason": "no VGGish weights in the offline cache",
            "kld_ref_gen": 0.8125, "kld_gen_ref": 1.25, "kld_both": 2.0625, "chroma_cosine": 0.4375,
+           "fd_passt": None, "fd_passt_reason": "no PaSST checkpoint given",
+           "av_align": 0.25, "av_align_reference": 0.5, "beat_hit": 0.75, "beat_coverage": 0.625,
+           "beat_f1": 0.6818, "beat_f1_50ms": 0.125,
            "pairs": 2, "frames": 48, "segments": 4, "model": "tiny"}
 BENCHMARK = {"ce_true": 6.87, "ce_shuffled": 7.32, "video_info_gain": 0.45, "oracle_gain": 1.5e-05,
              "held_out_clips": 12}
@@ -199,8 +202,9 @@ def test_report_loads_its_copied_media_in_chromium(tmp_path, inputs):
 
     metrics = {row["attrs"]["data-metric"]: row for row in children(dom.one("table", id="metrics"), "tr")
                if "data-metric" in row["attrs"]}
-    assert list(metrics) == ["fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine"]
-    for key in ["kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine"]:
+    sync_keys = ["av_align", "av_align_reference", "beat_hit", "beat_coverage", "beat_f1", "beat_f1_50ms"]
+    assert list(metrics) == ["fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine", "fd_passt", *sync_keys]
+    for key in ["kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine", *sync_keys]:
         value_cell = children(metrics[key], "td")[0]
         assert json.loads(value_cell["attrs"]["data-value"]) == SUMMARY[key]
         assert value_cell["text"] == fmt(SUMMARY[key])
@@ -211,6 +215,10 @@ def test_report_loads_its_copied_media_in_chromium(tmp_path, inputs):
     fad = children(metrics["fad"], "td")[0]
     assert fad["attrs"]["data-value"] == "null"
     assert "not computed" in fad["text"] and SUMMARY["fad_reason"] in fad["text"]
+    fd_passt = children(metrics["fd_passt"], "td")[0]
+    assert fd_passt["attrs"]["data-value"] == "null" and SUMMARY["fd_passt_reason"] in fd_passt["text"]
+    assert "motion peaks" in metrics["av_align"]["text"] and "ceiling" in metrics["av_align_reference"]["text"]
+    assert "LORIS" in metrics["beat_hit"]["text"] and "50 ms" in metrics["beat_f1_50ms"]["text"]
     counts = {r["attrs"]["data-key"]: children(r, "td")[0]["text"]
               for r in children(dom.one("table", id="counts"), "tr") if "data-key" in r["attrs"]}
     assert counts == {"pairs": "2", "frames": "48", "segments": "4"}

@@ -14,6 +14,13 @@ each as shared docs/metrics.md defines it:
   null with ``kld_reason``. Both clips of a pair are cut to the shorter one's length first
   (audiocraft cuts both to one ``sizes``), so segment i of one pairs with segment i of the other;
   should the counts still differ, only the common count is used.
+- ``fd_passt``: Fréchet distance (:mod:`.fad`'s code) between the PaSST embeddings (the 768-d
+  features beside the logits) of the same 20 s segments, pooled per SET; needs the PaSST
+  checkpoint, else null with ``fd_passt_reason``.
+- Sync (:mod:`.sync`): ``av_align`` of the generated music and ``av_align_reference`` of the
+  reference music on the same video (needs the videos, matched by stem, else null with
+  ``av_align_reason``); ``beat_hit`` / ``beat_coverage`` / ``beat_f1`` (LORIS, 1 s bins) and the
+  finer ``beat_hit_50ms`` / ``beat_coverage_50ms`` / ``beat_f1_50ms`` (onsets within 50 ms).
 
 A random-weight checkpoint makes numbers, but they mean nothing about audio quality: the
 summary names the checkpoint (path and sha256 prefix) so a reader can tell.
@@ -37,10 +44,14 @@ from pipeline.files import atomic_path, file_sha256
 from pipeline.media import read_wav
 from pipeline.audio import mono_resampled
 from pipeline.metrics import chroma as chroma_metric
+from pipeline.metrics import sync
 from pipeline.metrics.fad import embedding_stats, frechet_distance
 from pipeline.metrics.vggish import FRONT_END_PRESETS, embed, load_vggish
 
 KLD_SAMPLE_RATE = 32000
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi")
+# Per-clip sync columns; the summary holds their means over the clips that have them.
+SYNC_KEYS = ("av_align", "av_align_reference", "beat_hit", "beat_coverage", "beat_hit_50ms", "beat_coverage_50ms")
 
 ROW_SCHEMA = pa.schema([
     ("video_id", pa.string()),
@@ -51,6 +62,10 @@ ROW_SCHEMA = pa.schema([
     ("kld_ref_gen", pa.float64()),
     ("kld_gen_ref", pa.float64()),
     ("kld_segments", pa.int64()),
+    *((key, pa.float64()) for key in SYNC_KEYS),
+    ("video_peaks", pa.int64()),
+    ("generated_onsets", pa.int64()),
+    ("reference_onsets", pa.int64()),
 ])
 
 
@@ -80,6 +95,28 @@ def wav_files_of(folders: Path | str | Sequence[Path | str]) -> dict[str, Path]:
     return found
 
 
+def video_files_of(folders: Path | str | Sequence[Path | str]) -> dict[str, Path]:
+    """``stem -> path`` of the videos (``.mp4``, ``.mkv``, ``.mov``, ``.webm``, ``.avi``) directly in one
+    folder or several (a stem in several is taken from the first).
+
+    Raises:
+        EvaluationError: a folder that is not one.
+    """
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    found: dict[str, Path] = {}
+    for folder in reversed([Path(f) for f in folders]):
+        if not folder.is_dir():
+            raise EvaluationError(f"{folder}: no such video folder")
+        found.update({path.stem: path for path in sorted(folder.iterdir()) if path.is_file()
+                      and path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".")})
+    return found
+
+
+def _mean(values: list) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
 def checkpoint_identity(path: Path | str, prefix_chars: int = 16) -> dict[str, str]:
     """``{"path": ..., "sha256": first prefix_chars hex digits}`` of a checkpoint file."""
     return {"path": str(Path(path).resolve()), "sha256": file_sha256(path)[:prefix_chars]}
@@ -95,7 +132,8 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
                    chroma_hop: int = chroma_metric.HOP,
                    fad_preset: str = "google", fad_method: str = "sqrtm",
                    kld_segment_seconds: float = 20.0, kld_min_seconds: float = 0.15, kld_eps: float = 1e-6,
-                   device: str = "cpu", progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                   device: str = "cpu", progress: bool = True,
+                   videos: Path | str | Sequence[Path | str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All metrics of the generated clips against their references.
 
     Args:
@@ -114,6 +152,8 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
         kld_eps: added to the second distribution inside each KL (published: 1e-6).
         device: torch device for VGGish and PaSST.
         progress: show a progress bar over clips.
+        videos: folder(s) of the videos the music is for (``<video_id>.mp4``, matched by stem), for
+            AV-Align; None = no AV-Align (null with ``av_align_reason``).
 
     Returns:
         ``(summary, rows)``: the summary's keys are ``fad``, ``kld_ref_gen``, ``kld_gen_ref``,
@@ -123,7 +163,10 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
         (a count: a reference folder usually holds more clips than were generated),
         ``chroma_frames``, ``fad_windows_generated``, ``fad_windows_reference``, ``kld_segments``,
         the checkpoints used (``fad_embedder``, ``kld_classifier``: path and sha256 prefix, or
-        null) and ``settings``. One row per pair, with the columns of :data:`ROW_SCHEMA`.
+        null) and ``settings``; ``fd_passt`` (``fd_passt_reason``), the sync means ``av_align``,
+        ``av_align_reference`` (``av_align_reason``, ``av_align_videos``), ``beat_hit``,
+        ``beat_coverage``, ``beat_f1`` and their ``_50ms`` variants. One row per pair, with the
+        columns of :data:`ROW_SCHEMA`.
 
     Raises:
         EvaluationError: a folder is missing, or no stem is in both folders.
@@ -139,12 +182,13 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
         raise EvaluationError(f"no clip to evaluate: none of the {len(generated_files)} .wav files in "
                               f"{generated_dir} has a namesake among the {len(reference_files)} in {reference_dir}")
     front_end = FRONT_END_PRESETS[fad_preset]
+    video_files = video_files_of(videos) if videos is not None else {}
     vggish_model = load_vggish(vggish, device=device) if vggish is not None else None
     passt_model = None
     if passt is not None:
         # Imported here so that chroma and FAD work without the KLD modules' imports.
         from pipeline.metrics.kld import kl_rows
-        from pipeline.metrics.passt import load_passt, segment_probabilities
+        from pipeline.metrics.passt import load_passt, segment_embeddings, segment_probabilities
 
         passt_model = load_passt(passt).to(device)
 
@@ -153,6 +197,7 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
     chroma_sum, chroma_total = 0.0, 0
     embeddings: dict[str, list[np.ndarray]] = {"generated": [], "reference": []}
     kld_ref_gen_sum, kld_gen_ref_sum, kld_total = 0.0, 0.0, 0
+    passt_embeddings: dict[str, list[np.ndarray]] = {"generated": [], "reference": []}
     for stem in tqdm(stems, desc="metrics", unit="clip", disable=not progress):
         generated, generated_rate = read_wav(generated_files[stem])
         reference, reference_rate = read_wav(reference_files[stem])
@@ -166,6 +211,7 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
                "reference_seconds": reference.shape[1] / reference_rate,
                "chroma_cosine": clip_sum / clip_frames if clip_frames else None, "chroma_frames": clip_frames,
                "kld_ref_gen": None, "kld_gen_ref": None, "kld_segments": None}
+        row.update(_sync_row(generated, generated_rate, reference, reference_rate, video_files.get(stem)))
         if vggish_model is not None:
             embeddings["generated"].append(embed(vggish_model, generated, generated_rate, **front_end))
             embeddings["reference"].append(embed(vggish_model, reference, reference_rate, **front_end))
@@ -176,6 +222,10 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
             ref_probs = segment_probabilities(passt_model, ref32[:common], KLD_SAMPLE_RATE,
                                               segment_seconds=kld_segment_seconds, min_seconds=kld_min_seconds)
             segments = min(gen_probs.shape[0], ref_probs.shape[0])
+            for name, clip in (("generated", gen32[:common]), ("reference", ref32[:common])):
+                passt_embeddings[name].append(segment_embeddings(passt_model, clip, KLD_SAMPLE_RATE,
+                                                                 segment_seconds=kld_segment_seconds,
+                                                                 min_seconds=kld_min_seconds))
             row["kld_segments"] = segments
             if segments:
                 ref_gen = kl_rows(ref_probs[:segments], gen_probs[:segments], kld_eps)
@@ -233,19 +283,81 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
             summary["kld_ref_gen"] = kld_ref_gen_sum / kld_total
             summary["kld_gen_ref"] = kld_gen_ref_sum / kld_total
             summary["kld_both"] = summary["kld_ref_gen"] + summary["kld_gen_ref"]
-    for key in ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine"):
+    summary.update(_fd_passt(passt_embeddings if passt_model is not None else None))
+    summary.update(_sync_summary(rows, videos is not None, len(video_files)))
+    summary["settings"]["sync"] = {"onset_rate": sync.ONSET_RATE, "farneback": sync.FARNEBACK,
+                                   "beat_onset": sync.BEAT_ONSET, "beat_bin_seconds": sync.BEAT_BIN_SECONDS,
+                                   "fine_tolerance_seconds": sync.FINE_TOLERANCE}
+    reasons = {"chroma_cosine": "chroma_reason", "fd_passt": "fd_passt_reason"}
+    for key in ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine", "fd_passt"):
         if summary[key] is not None and not math.isfinite(summary[key]):
             summary[key] = None
-            reason_key = "chroma_reason" if key == "chroma_cosine" else f"{key.split('_')[0]}_reason"
-            summary[reason_key] = f"{key} came out non-finite"
+            summary[reasons.get(key, f"{key.split('_')[0]}_reason")] = f"{key} came out non-finite"
     for row in rows:
-        for key in ("chroma_cosine", "kld_ref_gen", "kld_gen_ref"):
+        for key in ("chroma_cosine", "kld_ref_gen", "kld_gen_ref", *SYNC_KEYS):
             row[key] = _finite_or_none(row[key])
     return summary, rows
 
 
+def _sync_row(generated: np.ndarray, generated_rate: int, reference: np.ndarray, reference_rate: int,
+              video: Path | None) -> dict[str, Any]:
+    """One pair's sync columns: beat scores from LORIS onsets, AV-Align when the video is given."""
+    gen_seconds, ref_seconds = generated.shape[1] / generated_rate, reference.shape[1] / reference_rate
+    gen_beats = sync.onset_times(generated, generated_rate, **sync.BEAT_ONSET)
+    ref_beats = sync.onset_times(reference, reference_rate, **sync.BEAT_ONSET)
+    hit, coverage = sync.beat_hit_coverage(gen_beats, gen_seconds, ref_beats, ref_seconds)
+    fine_hit, fine_coverage = sync.onset_hit_coverage(gen_beats, ref_beats)
+    row = {"beat_hit": hit, "beat_coverage": coverage, "beat_hit_50ms": fine_hit,
+           "beat_coverage_50ms": fine_coverage, "generated_onsets": int(gen_beats.size),
+           "reference_onsets": int(ref_beats.size), "av_align": None, "av_align_reference": None,
+           "video_peaks": None}
+    if video is not None:
+        motion = sync.video_motion(video)
+        peaks = motion.peaks
+        row["video_peaks"] = int(peaks.size)
+        row["av_align"] = sync.av_align(sync.onset_times(generated, generated_rate), peaks, motion.fps)
+        row["av_align_reference"] = sync.av_align(sync.onset_times(reference, reference_rate), peaks, motion.fps)
+    return row
+
+
+def _sync_summary(rows: list[dict[str, Any]], videos_given: bool, video_count: int) -> dict[str, Any]:
+    out: dict[str, Any] = {key: _mean([row[key] for row in rows]) for key in SYNC_KEYS}
+    out["beat_f1"] = sync.f1(out["beat_hit"], out["beat_coverage"])
+    out["beat_f1_50ms"] = sync.f1(out["beat_hit_50ms"], out["beat_coverage_50ms"])
+    out["av_align_videos"] = sum(row["video_peaks"] is not None for row in rows)
+    out["av_align_reason"] = None
+    if not videos_given:
+        out["av_align_reason"] = ("no videos given (v2m evaluate --videos DIR, matched by stem): AV-Align needs "
+                                  "the video's motion peaks")
+    elif out["av_align_videos"] == 0:
+        out["av_align_reason"] = f"none of the {video_count} videos given has the stem of an evaluated clip"
+    elif out["av_align"] is None:
+        out["av_align_reason"] = "no audio or video peak in any clip (0 / 0)"
+    return out
+
+
+def _fd_passt(embeddings: dict[str, list[np.ndarray]] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"fd_passt": None, "fd_passt_reason": None, "fd_passt_segments": None}
+    if embeddings is None:
+        out["fd_passt_reason"] = ("no PaSST checkpoint given (passt=PATH to passt-s-f128-20sec-p16-s10-ap.474-swa.pt); "
+                                  "FD_PaSST needs the real embedding weights")
+        return out
+    counts = [sum(e.shape[0] for e in embeddings[name]) for name in ("generated", "reference")]
+    out["fd_passt_segments"] = counts[0]
+    if min(counts) < 2:
+        out["fd_passt_reason"] = (f"too few PaSST segments for a covariance (generated {counts[0]}, reference "
+                                  f"{counts[1]}; at least 2 per set)")
+        return out
+    # eigen: with fewer segments than the 768 dimensions the covariances are singular, where sqrtm
+    # can fail; the eigenvalue trace is the same quantity and stays finite.
+    out["fd_passt"] = frechet_distance(*embedding_stats(embeddings["generated"]),
+                                       *embedding_stats(embeddings["reference"]), method="eigen")
+    return out
+
+
 def evaluate_dirs(generated_dir: Path | str, reference_dir: Path | str | Sequence[Path | str],
-                  params: EvaluateParams, *, progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                  params: EvaluateParams, *, progress: bool = True,
+                  videos: Path | str | Sequence[Path | str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """:func:`evaluate_pairs` with the ``evaluate`` params section (empty checkpoint paths = not computed)."""
     from pipeline.device import resolve_device
 
@@ -254,7 +366,7 @@ def evaluate_dirs(generated_dir: Path | str, reference_dir: Path | str | Sequenc
                           chroma_hop=params.chroma_hop, fad_preset=params.fad_preset,
                           kld_segment_seconds=params.kld_segment_seconds,
                           kld_min_seconds=params.kld_min_seconds, kld_eps=params.kld_eps,
-                          device=resolve_device(params.device), progress=progress)
+                          device=resolve_device(params.device), progress=progress, videos=videos)
 
 
 def write_results(summary: dict[str, Any], rows: list[dict[str, Any]], json_path: Path | str,

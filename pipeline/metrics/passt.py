@@ -315,6 +315,11 @@ class PaSST(nn.Module):
 
     def logits_from_mel(self, mel: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, classes]`` of a normalised mel image ``[B, n_mels, T]`` (T >= patch)."""
+        return self.head(self.embedding_from_mel(mel))
+
+    def embedding_from_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """PaSST's features ``[B, embed_dim]`` (``(x[:, 0] + x[:, 1]) / 2``, the mean of the cls and dist
+        tokens after the last norm, what ``PaSST.forward`` returns beside the logits) of a mel image."""
         x = self.patch_embed.proj(mel.unsqueeze(1))                    # [B, E, F', T']
         columns = x.shape[-1]
         if columns > self.max_patch_columns:
@@ -328,7 +333,7 @@ class PaSST(nn.Module):
         cls = self.cls_token.expand(batch, -1, -1) + self.new_pos_embed[:, :1]
         dist = self.dist_token.expand(batch, -1, -1) + self.new_pos_embed[:, 1:]
         x = self.norm(self.blocks(torch.cat((cls, dist, x), dim=1)))
-        return self.head((x[:, 0] + x[:, 1]) / 2)
+        return (x[:, 0] + x[:, 1]) / 2
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, classes]`` of 32 kHz mono audio ``[B, S]``."""
@@ -498,15 +503,30 @@ def segment_probabilities(model: PaSST, audio: np.ndarray, sample_rate: int = SA
         float64 ``[N_segments, classes]``, rows summing to 1; ``[0, classes]`` for a clip of
         ``min_seconds`` or less.
     """
+    return _per_segment(model, audio, sample_rate, segment_seconds, min_seconds, embeddings=False)
+
+
+def segment_embeddings(model: PaSST, audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
+                       segment_seconds: float = 20.0, min_seconds: float = 0.15) -> np.ndarray:
+    """PaSST embeddings (:meth:`PaSST.embedding_from_mel`) of each segment of a clip, segmented exactly as
+    :func:`segment_probabilities`: float64 ``[N_segments, embed_dim]`` (``[0, embed_dim]`` for a clip too short)."""
+    return _per_segment(model, audio, sample_rate, segment_seconds, min_seconds, embeddings=True)
+
+
+def _per_segment(model: PaSST, audio: np.ndarray, sample_rate: int, segment_seconds: float, min_seconds: float,
+                 embeddings: bool) -> np.ndarray:
     wav = mono_resampled(audio, sample_rate, model.sample_rate).astype(np.float32)
     segments = split_segments(wav, model.sample_rate, segment_seconds, min_seconds)
-    classes = model.head[1].out_features
+    width = model.head[1].in_features if embeddings else model.head[1].out_features
     if not segments:
-        return np.zeros((0, classes))
+        return np.zeros((0, width))
     device = next(model.parameters()).device
     rows = []
     with torch.inference_mode():
         for segment in segments:
-            logits = model(torch.from_numpy(np.ascontiguousarray(segment))[None].to(device))
-            rows.append(torch.softmax(logits.double(), dim=-1)[0].cpu().numpy())
+            mel = model.mel(torch.from_numpy(np.ascontiguousarray(segment))[None].to(device))
+            if embeddings:
+                rows.append(model.embedding_from_mel(mel).double()[0].cpu().numpy())
+            else:
+                rows.append(torch.softmax(model.logits_from_mel(mel).double(), dim=-1)[0].cpu().numpy())
     return np.stack(rows)

@@ -87,7 +87,8 @@ def plot_clip_comparison(generated: np.ndarray, reference: np.ndarray, sample_ra
 
 
 def plot_metric_distributions(rows: Sequence[dict[str, Any]], out_png: Path | str) -> Path:
-    """Histograms of the per-clip chroma cosine and, where present, both KL directions.
+    """Histograms of the per-clip chroma cosine, beat hit/coverage and, where present, both KL directions
+    and AV-Align (generated and reference music on the same video).
 
     Args:
         rows: per-clip rows from :func:`pipeline.metrics.evaluate.evaluate_pairs` (None values skipped).
@@ -99,8 +100,16 @@ def plot_metric_distributions(rows: Sequence[dict[str, Any]], out_png: Path | st
     panels = [("chroma_cosine", "chroma cosine (per clip)")]
     if any(row.get("kld_ref_gen") is not None for row in rows):
         panels += [("kld_ref_gen", "KL(reference || generated)"), ("kld_gen_ref", "KL(generated || reference)")]
-    figure = Figure(figsize=(4.5 * len(panels), 3.5), layout="constrained")
-    axes = np.atleast_1d(figure.subplots(1, len(panels)))
+    if any(row.get("av_align") is not None for row in rows):
+        panels += [("av_align", "AV-Align, generated"), ("av_align_reference", "AV-Align, reference (ceiling)")]
+    panels += [("beat_hit", "beat hit (1 s bins)"), ("beat_coverage", "beat coverage (1 s bins)"),
+               ("beat_hit_50ms", "beat hit (onsets within 50 ms)")]
+    columns = min(4, len(panels))
+    rows_of_panels = -(-len(panels) // columns)
+    figure = Figure(figsize=(4.5 * columns, 3.5 * rows_of_panels), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows_of_panels, columns)).ravel()
+    for axis in axes[len(panels):]:
+        axis.set_visible(False)
     for axis, (key, label) in zip(axes, panels):
         values = np.array([row[key] for row in rows if row.get(key) is not None], dtype=np.float64)
         if values.size:
