@@ -109,8 +109,9 @@ def init_clip(visual: VisualFeatureParams, out: Path = CLIP_DIR) -> str:
 def init_codec(codes: CodesFeatureParams, split: SplitParams, separated_root: Path = Path("data/separated"),
                out: Path = CODEC_DIR) -> str:
     """The embedded codec into ``out`` when ``features.codes.codec`` names it: EnCodec 32 kHz with random
-    weights and codebooks calibrated on the train-split separated audio of ``calibration.shard``
-    (:func:`pipeline.features.codec.calibrate_embedded_codec`). Skipped for another codec.
+    weights and codebooks calibrated on the train-split separated audio of ``calibration.shard``, and the
+    embedded decoder (spectral lookup + Griffin-Lim, :mod:`pipeline.features.embedded_decoder`) fitted on the
+    same audio and codes (:func:`pipeline.features.codec.calibrate_embedded_codec`). Skipped for another codec.
 
     Raises:
         FileNotFoundError: the calibration shard has no train-split clips.

@@ -538,6 +538,13 @@ RANDOM_DECODER_NOTICE = (
     "musical quality. The quality signal of the embedded default is in token space: the learning figures "
     "(held-out cross-entropy with the right video vs shuffled videos). With real weights (facebook/musicgen-small, "
     "CLIP, VGGish, PaSST; see the README's paper configuration) this page shows real music and real metrics.")
+EMBEDDED_DECODER_NOTICE = (
+    "This run uses the embedded default's codec ({codec}): random weights with calibrated codebooks, and its audio "
+    "comes from the embedded decoder that codec_init fitted: a spectral lookup (one log-spectrum table per codebook, "
+    "summed) plus Griffin-Lim phase recovery, NOT EnCodec's decoder. It carries key, chords and rhythm, so chroma "
+    "and the sync metrics below say whether the music follows the video; it sounds smeared and phasey, so it says "
+    "nothing about audio quality. With real weights (facebook/musicgen-small, CLIP, VGGish, PaSST; see the README's "
+    "paper configuration) this page shows real music and real metrics.")
 
 
 def report_run(shards: list[str], model_dir: Path | str, report_clips: int, *, metrics_dir: Path = Path("metrics"),
@@ -547,7 +554,7 @@ def report_run(shards: list[str], model_dir: Path | str, report_clips: int, *, m
     ``metrics/report``; returns one line saying what it holds."""
     import pyarrow.parquet as pq
 
-    from pipeline.features.codec import is_random_codec
+    from pipeline.features.codec import has_embedded_decoder, is_random_codec
     from pipeline.features.recipe import read_recipe
 
     summary = json.loads((metrics_dir / "eval.json").read_text())
@@ -555,7 +562,9 @@ def report_run(shards: list[str], model_dir: Path | str, report_clips: int, *, m
     benchmark_file = metrics_dir / "benchmark.json"
     benchmark = json.loads(benchmark_file.read_text()) if benchmark_file.is_file() else None
     codec = read_recipe(model_dir).features.codes.codec
-    notice = RANDOM_DECODER_NOTICE.format(codec=codec) if is_random_codec(codec) else None
+    notice = None
+    if is_random_codec(codec):
+        notice = (EMBEDDED_DECODER_NOTICE if has_embedded_decoder(codec) else RANDOM_DECODER_NOTICE).format(codec=codec)
     media = []
     for row in rows[:report_clips]:
         video_id = row["video_id"]

@@ -15,6 +15,7 @@ from transformers import (EncodecModel, MusicgenConfig, MusicgenDecoderConfig, M
 from pipeline.config import SampleParams
 from pipeline.errors import UserError
 from pipeline.features import codec
+from pipeline.features.embedded_decoder import EmbeddedDecoder
 from pipeline.synth.music import render_stems
 from pipeline.synth.spec import sample_clip_spec
 
@@ -111,7 +112,11 @@ def test_calibrated_codec_is_deterministic_for_a_seed(tmp_path, caplog):
     assert first == second
     with caplog.at_level(logging.WARNING, logger="v2m.codec"):
         a, b, c = (codec.load_codec(tmp_path / name, device="cpu") for name in "abc")
-    assert "RANDOM weights" in caplog.text and "not music" in caplog.text
+    assert "RANDOM weights" in caplog.text and "NOT EnCodec's decoder" in caplog.text
+    assert all(isinstance(getattr(m, codec.EMBEDDED_ATTR), EmbeddedDecoder) for m in (a, b, c))
+    assert a.config.v2m_calibration["decoder"]["file"] == "embedded_decoder.npz"
+    decoded = codec.decode(a, codec.encode(a, audios[0], 1.2))
+    assert decoded.dtype == np.float32 and decoded.shape == audios[0].shape and np.isfinite(decoded).all()
     assert same_tensors(a, b) and not same_tensors(a, c)
     assert a.config.v2m_random_weights and a.config.v2m_calibration["entries_used"] == first["entries_used"]
     assert np.array_equal(codec.encode(a, audios[0], 1.2), codec.encode(b, audios[0], 1.2))
@@ -123,6 +128,7 @@ def test_saved_codec_folder_loads_with_identical_codes(calibrated, tmp_path):
     loaded = codec.load_codec(tmp_path / "encodec", device="cpu")
     assert isinstance(loaded, EncodecModel) and not loaded.training
     assert same_tensors(model, loaded)
+    assert not hasattr(loaded, codec.EMBEDDED_ATTR)   # no random-weights marker: EnCodec's own decoder
     assert np.array_equal(codec.encode(model, audios[3]), codec.encode(loaded, audios[3]))
 
 

@@ -9,7 +9,11 @@ Models load only from disk: a ``save_pretrained`` folder of an ``EncodecModel``,
 in the Hugging Face cache. With no weights at hand, ``save_calibrated_random_codec`` writes the real
 architecture with seeded random weights. A random EnCodec's codebooks are all zeros, so every frame
 gets code 0; ``calibrate_codebooks`` fits them by residual k-means on encoder frames of real audio,
-which makes the codes informative tokens (the decoder stays random: decoded audio is not music).
+which makes the codes informative tokens. Its own decoder stays random (its audio is noise), so
+``codec_init`` also fits an embedded decoder from the same audio and codes
+(:mod:`pipeline.features.embedded_decoder`: a spectral lookup plus Griffin-Lim, not EnCodec's
+decoder), saved in the codec folder; ``load_codec`` attaches it and ``decode`` uses it. A real codec
+keeps its real decoder.
 
 Audio is float32 ``[1, S]`` at 32 kHz; codes are int16 ``[K, T]`` with ``T = ceil(S / 640)``.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +36,11 @@ from pipeline import audiocraft_format
 from pipeline.checkpoints import (RANDOM_MARKER, audiocraft_file, is_random_stand_in, load_part, local_checkpoint,
                                   read_audiocraft_package)
 from pipeline.config import CodecCalibrationParams
+from pipeline.errors import UserError
 from pipeline.device import resolve_device
+from pipeline.features.embedded_decoder import DESCRIPTION as EMBEDDED_DESCRIPTION
+from pipeline.features.embedded_decoder import FILE as EMBEDDED_FILE
+from pipeline.features.embedded_decoder import EmbeddedDecoder
 from pipeline.files import atomic_path
 
 log = logging.getLogger("v2m.codec")
@@ -39,6 +48,7 @@ log = logging.getLogger("v2m.codec")
 HUB_ID = "facebook/encodec_32khz"
 MUSICGEN_HUB_ID = "facebook/musicgen-small"
 CALIBRATION_KEY = "v2m_calibration"    # config.json key holding the calibration recipe and stats
+EMBEDDED_ATTR = "v2m_embedded_decoder"  # the loaded model's attribute holding its EmbeddedDecoder
 # facebook/encodec_32khz's config.json, spelled out rather than trusting library defaults (which are
 # the 24 kHz model's). Its SEANet has identity skips (use_conv_shortcut False, audiocraft's true_skip).
 # codebook_dim (128 there) is left to follow hidden_size, as EncodecConfig does, so tiny test codecs stay valid.
@@ -112,18 +122,34 @@ def load_codec(path: str | Path, device: str = "auto", cache_dir: str | Path | N
         model = load_part(folder, part="audio_encoder", standalone=EncodecModel, standalone_type="encodec",
                           weights="EnCodec", where_from=_where_from())
     if is_random_stand_in(model.config):
-        log.warning("%s is an EnCodec with RANDOM weights (codebooks calibrated by the codec_init stage): its codes "
-                    "are usable tokens, but its decoder is random, so decoded audio is not music; use %s or %s "
-                    "for real codes and audio", path, HUB_ID, MUSICGEN_HUB_ID)
+        try:
+            embedded = EmbeddedDecoder.load(folder)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if embedded is not None:
+            setattr(model, EMBEDDED_ATTR, embedded)
+            log.warning("%s is an EnCodec with RANDOM weights (codebooks calibrated by codec_init): decoding uses its "
+                        "%s (%s); use %s or %s for EnCodec's real audio", path, EMBEDDED_DESCRIPTION, EMBEDDED_FILE,
+                        HUB_ID, MUSICGEN_HUB_ID)
+        else:
+            log.warning("%s is an EnCodec with RANDOM weights (codebooks calibrated by the codec_init stage) and no "
+                        "%s: its codes are usable tokens, but its decoder is random, so decoded audio is not music "
+                        "(rerun codec_init to fit the embedded decoder); use %s or %s for real codes and audio",
+                        path, EMBEDDED_FILE, HUB_ID, MUSICGEN_HUB_ID)
     return model.to(resolve_device(device)).eval()
 
 
 # ----------------------------------------------------------------------------------------------- coding
 
 def is_random_codec(path: str | Path) -> bool:
-    """True when ``path`` is one of our random-weight codecs (``codec_init``): its decoder makes noise, not music."""
+    """True when ``path`` is one of our random-weight codecs (``codec_init``): its own decoder makes noise, not music."""
     config = Path(path) / "config.json"
     return config.is_file() and is_random_stand_in(json.loads(config.read_text()))
+
+
+def has_embedded_decoder(path: str | Path) -> bool:
+    """True when the codec folder ``path`` holds a fitted embedded decoder (random codecs from ``codec_init``)."""
+    return (Path(path) / EMBEDDED_FILE).is_file()
 
 
 def _as_batch(audios: np.ndarray | Sequence[np.ndarray], model: EncodecModel) -> torch.Tensor:
@@ -171,10 +197,17 @@ def encode(model: EncodecModel, audio: np.ndarray, bandwidth: float = 2.2) -> np
 
 
 def decode(model: EncodecModel, codes: np.ndarray) -> np.ndarray:
-    """Audio of codes: int ``[K, T]`` -> float32 ``[1, T * hop]`` at ``model.config.sampling_rate``."""
+    """Audio of codes: int ``[K, T]`` -> float32 ``[1, T * hop]`` at ``model.config.sampling_rate``.
+
+    A random-weights codec loaded with its embedded decoder (``load_codec``) decodes with that
+    (a fitted spectral lookup plus Griffin-Lim); any other codec with its own EnCodec decoder.
+    """
     codes = torch.as_tensor(np.asarray(codes, dtype=np.int64), device=model.device)
     if codes.ndim != 2 or codes.shape[0] > len(model.quantizer.layers):
         raise ValueError(f"codes must be [K, T] with K <= {len(model.quantizer.layers)}, got {tuple(codes.shape)}")
+    embedded = getattr(model, EMBEDDED_ATTR, None)
+    if embedded is not None:
+        return embedded.decode(codes.cpu().numpy())
     with torch.inference_mode():
         audio = model.decode(codes[None, None], [None]).audio_values  # [1, 1, S]
     return audio[0].float().cpu().numpy()
@@ -297,6 +330,13 @@ def calibrate_codebooks(model: EncodecModel, audios: Sequence[np.ndarray], *, in
         ``entropy_nats`` of the code histogram over the N frames, and ``residual_variance``: the share
         of the frames' variance that codebooks 1..k leave.
     """
+    return _calibrate(model, audios, init_frames=init_frames, iterations=iterations, seed=seed,
+                      min_frames_per_entry=min_frames_per_entry, bandwidth=bandwidth)[0]
+
+
+def _calibrate(model: EncodecModel, audios: Sequence[np.ndarray], *, init_frames: int, iterations: int, seed: int,
+               min_frames_per_entry: int, bandwidth: float | None) -> tuple[dict, list[np.ndarray]]:
+    """:func:`calibrate_codebooks`, also returning each clip's codes int64 ``[K, T_i]`` as the fit assigned them."""
     if not len(audios):
         raise ValueError("no audio to calibrate the codebooks on")
     x = encoder_frames(model, audios)
@@ -324,9 +364,14 @@ def calibrate_codebooks(model: EncodecModel, audios: Sequence[np.ndarray], *, in
         log.info("codebook %d: %d of %d fitted entries used, %.4f of the variance left",
                  k + 1, int((counts > 0).sum()), fitted, left[-1])
     used, entropy = codebook_usage(np.stack(codes))
-    return dict(frames=int(x.shape[0]), codebook_size=size, entries_fitted=fitted, entries_used=used.tolist(),
-                entropy_nats=[round(e, 4) for e in entropy.tolist()],
-                residual_variance=[round(e, 5) for e in left])
+    stats = dict(frames=int(x.shape[0]), codebook_size=size, entries_fitted=fitted, entries_used=used.tolist(),
+                 entropy_nats=[round(e, 4) for e in entropy.tolist()],
+                 residual_variance=[round(e, 5) for e in left])
+    hop = int(np.prod(model.config.upsampling_ratios))
+    per_clip = [math.ceil(np.shape(audio)[-1] / hop) for audio in audios]
+    if sum(per_clip) != x.shape[0]:
+        raise RuntimeError(f"the encoder gave {x.shape[0]} frames, not ceil(S / {hop}) per clip")
+    return stats, np.split(np.stack(codes).astype(np.int64), np.cumsum(per_clip)[:-1], axis=1)
 
 
 def random_codec(seed: int, config: EncodecConfig | None = None) -> EncodecModel:
@@ -339,10 +384,13 @@ def random_codec(seed: int, config: EncodecConfig | None = None) -> EncodecModel
 def save_calibrated_random_codec(folder: Path | str, audios: Sequence[np.ndarray], *, seed: int = 0,
                                  init_frames: int = 2048, iterations: int = 8, min_frames_per_entry: int = 4,
                                  config: EncodecConfig | None = None) -> dict:
-    """Write a random-weights EnCodec with calibrated codebooks to ``folder`` (``save_pretrained``, atomically).
+    """Write a random-weights EnCodec with calibrated codebooks, and its embedded decoder, to ``folder``
+    (``save_pretrained`` + ``embedded_decoder.npz``, atomically).
 
     Its config.json carries ``v2m_random_weights: true`` (``load_codec`` warns) and ``v2m_calibration``
-    (the recipe and ``calibrate_codebooks``' stats). Same seed and audio, same weights.
+    (the recipe, ``calibrate_codebooks``' stats and the embedded decoder's fit under ``decoder``).
+    The embedded decoder (:mod:`pipeline.features.embedded_decoder`) is fitted on the same audio
+    and the codes the calibration assigned to it. Same seed and audio, same weights.
 
     Args:
         audios: float32 ``[1, S_i]`` clips at 32 kHz (the sample set's train-split accompaniment).
@@ -352,13 +400,19 @@ def save_calibrated_random_codec(folder: Path | str, audios: Sequence[np.ndarray
         The calibration stats (see ``calibrate_codebooks``).
     """
     model = random_codec(seed, config)
-    stats = calibrate_codebooks(model, audios, init_frames=init_frames, iterations=iterations, seed=seed,
-                                min_frames_per_entry=min_frames_per_entry)
+    stats, codes = _calibrate(model, audios, init_frames=init_frames, iterations=iterations, seed=seed,
+                              min_frames_per_entry=min_frames_per_entry, bandwidth=None)
+    decoder = EmbeddedDecoder.fit(codes, audios, int(model.config.codebook_size),
+                                  sample_rate=int(model.config.sampling_rate))
+    stats["decoder"] = {"file": EMBEDDED_FILE, **decoder.stats}
+    log.info("embedded decoder fitted on %d frames: %.3f of the log spectra's variance explained",
+             decoder.stats["frames"], decoder.stats["explained"][-1])
     setattr(model.config, RANDOM_MARKER, True)
     setattr(model.config, CALIBRATION_KEY, dict(seed=seed, init_frames=init_frames, iterations=iterations,
                                                 min_frames_per_entry=min_frames_per_entry, clips=len(audios), **stats))
     with atomic_path(folder) as temp:
         model.save_pretrained(temp)
+        decoder.save(temp)
     return stats
 
 
