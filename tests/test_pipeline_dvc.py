@@ -128,9 +128,12 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     assert evaluation["pairs"] == len(generated) and 0.0 <= evaluation["chroma_cosine"] <= 1.0
     assert evaluation["fad"] is None and "VGGish" in evaluation["fad_reason"]
     assert evaluation["kld_both"] is None and "PaSST" in evaluation["kld_reason"]
+    # The stage passes the clips as videos: AV-Align for every pair, the reference's beside it.
+    assert evaluation["av_align_videos"] == len(generated) and evaluation["av_align_reason"] is None
+    assert evaluation["beat_f1"] is not None and evaluation["fd_passt"] is None
     assert (work / "metrics" / "eval" / "plots" / "distributions.png").is_file()
     page = (work / "metrics" / "report" / "index.html").read_text()
-    assert "RANDOM weights" in page and "chroma_cosine" in page
+    assert "NOT EnCodec's decoder" in page and "chroma_cosine" in page and "av_align" in page
     # Every stage recorded its wall time, outside DVC's outputs (the no-op repro below shows DVC ignores
     # it), and the report, which runs last, shows the others'.
     timings = {row["stage"]: row for row in read_timings(work / ".cache" / "v2m" / "timings")}
