@@ -55,7 +55,7 @@ def main() -> None:
     generator = Generator.load(gen_params.model, device="cpu")
     model, config = generator.model, generator.model.config
     features = generator.recipe.features
-    window_steps, _ = window_steps_of(gen_params, config, generator.recipe)
+    window_steps, _ = window_steps_of(gen_params, generator.recipe)
     hop = int(np.prod(generator.codec.config.upsampling_ratios))
     clips = split_clips({s: Path("data/clips") / s for s in params["data"].shards}, params["split"], gen_params.split,
                         args.max_clips)

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import SampleParams, UserError
+from pipeline.config import SampleParams
+from pipeline.errors import UserError
 from pipeline.features import codec
 from pipeline.features.embedded_decoder import FILE, EmbeddedDecoder, EmbeddedDecoderError
 from pipeline.metrics import chroma
