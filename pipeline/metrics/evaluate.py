@@ -379,3 +379,36 @@ def write_results(summary: dict[str, Any], rows: list[dict[str, Any]], json_path
     with atomic_path(parquet_path) as temp:
         pq.write_table(table, temp)
     return Path(json_path), Path(parquet_path)
+
+
+SHOWN_KEYS = ("fad", "kld_ref_gen", "kld_gen_ref", "kld_both", "chroma_cosine", "fd_passt", "av_align",
+              "av_align_reference", "beat_f1", "beat_f1_50ms")
+
+
+def evaluate_run(shards: Sequence[str], params: EvaluateParams, *, generated: Path = Path("data/generated"),
+                 separated_root: Path = Path("data/separated"), clips_root: Path = Path("data/clips"),
+                 out: Path = Path("metrics/eval"), summary_file: Path = Path("metrics/eval.json")) -> str:
+    """The evaluate stage: the generated music of a pipeline run against the separated references of the
+    listed shards (AV-Align on their clips' videos) -> ``summary_file``, ``out/clips.parquet`` and the plots
+    in ``out/plots``; returns one line with the headline figures."""
+    from pipeline.media import read_wav
+    from pipeline.metrics.plots import plot_clip_comparison, plot_metric_distributions
+
+    references = [separated_root / shard for shard in shards]
+    videos = [clips_root / shard for shard in shards]
+    summary, rows = evaluate_dirs(generated, references, params, videos=videos)
+    write_results(summary, rows, summary_file, out / "clips.parquet")
+    plots = out / "plots"
+    for old in plots.glob("*.png") if plots.is_dir() else ():
+        old.unlink()
+    plot_metric_distributions(rows, plots / "distributions.png")
+    reference_files = wav_files_of(references)
+    for row in rows[:params.plot_clips]:
+        video_id = row["video_id"]
+        audio, rate = read_wav(generated / f"{video_id}.wav")
+        reference, reference_rate = read_wav(reference_files[video_id])
+        plot_clip_comparison(audio, reference, rate, plots / f"clip-{video_id}.png",
+                             title=f"{video_id}: generated vs reference", reference_sample_rate=reference_rate)
+    shown = ", ".join(f"{k} {summary[k]:.4f}" if summary[k] is not None else f"{k} null" for k in SHOWN_KEYS)
+    return f"evaluate: {summary['pairs']} pairs: {shown}"
+
