@@ -99,9 +99,3 @@ def frechet_distance(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_
     difference = mu_a - mu_b
     trace_root = _trace_sqrt_product(cov_a, cov_b, method, retry_eps)
     return float(difference @ difference + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_root)
-
-
-def frechet_audio_distance(embeddings_a: Sequence[np.ndarray], embeddings_b: Sequence[np.ndarray],
-                           **options) -> float:
-    """FAD between two sets of per-file embeddings (``[N_i, D]`` each); ``options`` as :func:`frechet_distance`."""
-    return frechet_distance(*embedding_stats(embeddings_a), *embedding_stats(embeddings_b), **options)
