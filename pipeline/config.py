@@ -389,6 +389,43 @@ class FeaturesParams:
     codes: CodesFeatureParams = param(CodesFeatureParams(), doc="EnCodec codes")
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelActorParams:
+    """An actor pool for one model (engine ray): each actor loads the model once and takes batches of clips."""
+
+    actors: int = param(1, lo=1, hi=4096, doc="actors in the pool (each holds one copy of the model)")
+    gpus: float = param(0.0, lo=0.0, hi=64.0, doc="GPUs per actor (0 = CPU; a fraction shares a GPU)")
+    cpus: float = param(1.0, lo=0.0, hi=256.0, doc="CPUs per actor")
+    batch_size: int = param(4, lo=1, hi=4096, doc="clips per actor call")
+
+
+@section("compute")
+@dataclasses.dataclass(frozen=True)
+class ComputeParams:
+    """Where the per-shard stages (download, clip, separate, visual, motion, codes) do their per-video work.
+
+    ``local``: in the stage's own process. ``ray``: CPU tasks and model actor pools on a Ray cluster;
+    the stage (the driver) still reads every input and writes every output, and inputs and outputs
+    travel as bytes through Ray's object store, so workers need no shared data folder.
+    """
+
+    engine: str = param("local", choices=("local", "ray"), doc="local = this process; ray = a Ray cluster")
+    ray_address: str = param("", doc="'' = start Ray on this machine; 'auto', HOST:PORT or ray://HOST:PORT = join it")
+    download_cpus: float = param(0.25, lo=0.0, hi=64.0, doc="CPUs per download task (I/O bound)")
+    clip_cpus: float = param(1.0, lo=0.0, hi=64.0, doc="CPUs per clip task (ffmpeg)")
+    flow_cpus: float = param(1.0, lo=0.0, hi=64.0, doc="CPUs per optical-flow task")
+    separate: ModelActorParams = param(ModelActorParams(), doc="Demucs actor pool")
+    clip: ModelActorParams = param(ModelActorParams(), doc="CLIP actor pool")
+    codec: ModelActorParams = param(ModelActorParams(), doc="EnCodec actor pool")
+    max_retries: int = param(3, lo=0, hi=100, doc="retries of a task whose worker died, then a failed status row")
+    scratch: str = param(".cache/v2m/engine", doc="per-video results of an unfinished ray run (resume), outside DVC outputs")
+
+    def __post_init__(self) -> None:
+        address = self.ray_address
+        check(address in ("", "auto") or re.fullmatch(r"(ray://)?[\w.\-]+:\d{1,5}", address) is not None,
+              "compute.ray_address", f"must be '', 'auto', HOST:PORT or ray://HOST:PORT, got {address!r}")
+
+
 @section("split")
 @dataclasses.dataclass(frozen=True)
 class SplitParams:

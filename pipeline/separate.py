@@ -12,6 +12,7 @@ Audio arrays are float32 ``[C, S]`` (channels first).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,11 +38,12 @@ from tqdm import tqdm
 
 from pipeline.audio import RESAMPLE_QUALITY, mono_resampled
 from pipeline.checkpoints import RANDOM_MARKER
-from pipeline.config import SeparateParams
+from pipeline.config import ComputeParams, SeparateParams
 from pipeline.device import resolve_device
-from pipeline.files import atomic_path
+from pipeline.engine import LOCAL_NODE, Lost, Work, fingerprint, in_temp_dir, journal_for, open_engine, results
+from pipeline.files import atomic_path, file_sha256
 from pipeline.media import MediaError, read_wav, write_wav
-from pipeline.status import failed_row, ok_row, STATUS_FILE, ok_ids, status_schema, summary, write_status
+from pipeline.status import NODE_FIELD, OK, STATUS_FILE, failed_row, ok_ids, ok_row, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.separate")
 
@@ -339,31 +341,84 @@ SEPARATE_STATUS = status_schema(
     pa.field("seconds", pa.float64()),
     pa.field("samples", pa.int64()),
     pa.field("realtime_factor", pa.float64()),
+    NODE_FIELD,
 )
 
 
+def _separate_row(model: Separator, video_id: str, in_wav: Path, out_wav: Path, params: SeparateParams,
+                  target_rate: int) -> dict:
+    """One clip's status row (``out_wav`` written when ok); the per-video work of both engines."""
+    try:
+        facts = separate_file(model, in_wav, out_wav, target_rate=target_rate, segment=params.segment,
+                              overlap=params.overlap, shifts=params.shifts, device=params.device)
+    except (ValueError, RuntimeError, MediaError) as error:
+        return failed_row(video_id, "separation_error", f"{video_id}: {error}")
+    return ok_row(video_id, seconds=facts["seconds"], samples=facts["output_samples"],
+                  realtime_factor=facts["realtime_factor"])
+
+
+def separate_batch(model: Separator, batch: list[tuple]) -> list[tuple[dict, bytes | None]]:
+    """A Demucs actor's call (engine ray): items ``(video_id, 44.1 kHz wav bytes, driver path, params,
+    target_rate)`` -> ``(status row, target wav bytes)`` each."""
+    def one(folder: Path, video_id: str, data: bytes, shown: str, params: SeparateParams, target_rate: int):
+        in_wav, out_wav = folder / f"{video_id}.44k.wav", folder / f"{video_id}.wav"
+        in_wav.write_bytes(data)
+        row = _separate_row(model, video_id, in_wav, out_wav, params, target_rate)
+        if row["error_message"]:
+            row["error_message"] = row["error_message"].replace(str(in_wav), shown)
+        return row, out_wav.read_bytes() if row["status"] == OK else None
+
+    return [in_temp_dir(lambda folder, item=item: one(folder, *item)) for item in batch]
+
+
+def _load_for_actor(repo: str, name: str, device: str) -> Separator:
+    return load_separator(Path(repo), name, device)
+
+
 def separate_shard(clips_dir: Path | str, out_dir: Path | str, params: SeparateParams, target_rate: int,
-                   progress: bool = True) -> list[dict]:
+                   progress: bool = True, compute: ComputeParams | None = None) -> list[dict]:
     """Remove the vocals of every clip the clip stage finished; ``out_dir/<id>.wav`` + status.parquet.
 
     Writes ``out_dir`` atomically; a clip whose separation fails gets a status row and the shard goes on.
+    ``compute.engine: ray`` separates on a pool of Demucs actors (``compute.separate``).
     """
     clips_dir, out_dir = Path(clips_dir), Path(out_dir)
     video_ids = ok_ids(clips_dir)
-    model = load_separator(Path(params.repo), params.model, params.device)
+    engine = open_engine(compute)
+    if engine is None:
+        model = load_separator(Path(params.repo), params.model, params.device)
+    else:
+        _check_repo(Path(params.repo), params.model)   # a missing model is one line here, not one per actor
+        journal = journal_for(compute, "separate", clips_dir.name)
+        recipe = (dataclasses.asdict(params), target_rate)
+        work = []
+        for video_id in video_ids:
+            path = clips_dir / f"{video_id}.44k.wav"
+            work.append(Work(video_id, fingerprint(recipe, file_sha256(path)),
+                             lambda video_id=video_id, path=path: (video_id, path.read_bytes(), str(path), params,
+                                                                   target_rate)))
+        lost = engine.actors(_load_for_actor, (str(Path(params.repo).resolve()), params.model, params.device),
+                             separate_batch, work, journal, pool=compute.separate,
+                             desc=f"separate {clips_dir.name} (ray)", progress=progress)
     rows = []
     with atomic_path(out_dir) as temp:
         temp.mkdir(parents=True)
-        for video_id in tqdm(video_ids, desc=f"separate {clips_dir.name}", unit="clip", disable=not progress):
-            try:
-                facts = separate_file(model, clips_dir / f"{video_id}.44k.wav", temp / f"{video_id}.wav",
-                                      target_rate=target_rate, segment=params.segment, overlap=params.overlap,
-                                      shifts=params.shifts, device=params.device)
-            except (ValueError, RuntimeError, MediaError) as error:
-                rows.append(failed_row(video_id, "separation_error", f"{video_id}: {error}"))
-                continue
-            rows.append(ok_row(video_id, seconds=facts["seconds"], samples=facts["output_samples"],
-                               realtime_factor=facts["realtime_factor"]))
+        if engine is None:
+            for video_id in tqdm(video_ids, desc=f"separate {clips_dir.name}", unit="clip", disable=not progress):
+                row = _separate_row(model, video_id, clips_dir / f"{video_id}.44k.wav", temp / f"{video_id}.wav",
+                                    params, target_rate)
+                rows.append({**row, "node": LOCAL_NODE})
+        else:
+            for video_id, node, value in results(work, journal, lost):
+                if isinstance(value, Lost):
+                    rows.append(failed_row(video_id, "worker_lost", f"{video_id}: {value.cause}", node=None))
+                    continue
+                row, data = value
+                if data is not None:
+                    (temp / f"{video_id}.wav").write_bytes(data)
+                rows.append({**row, "node": node})
         write_status(temp / STATUS_FILE, rows, SEPARATE_STATUS)
+    if engine is not None:
+        journal.clear()
     log.info("separate %s: %s", clips_dir.name, summary(rows))
     return rows

@@ -37,6 +37,10 @@ def picture_columns(picture) -> dict:
     return {"rotation": picture.rotation, "sar": f"{picture.sar.numerator}:{picture.sar.denominator}"}
 
 
+# The machine that did each video: ``local`` (engine local) or a Ray node's ``IP/node-id`` (engine ray).
+NODE_FIELD = pa.field("node", pa.string())
+
+
 def status_schema(*extra: pa.Field) -> pa.Schema:
     """The common columns followed by a stage's own."""
     return pa.schema(BASE_FIELDS + list(extra))

@@ -8,13 +8,14 @@ from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.status import summary
 
-SECTIONS = ("clip",)
+SECTIONS = ("clip", "compute")
 
 
 def main(shard: str) -> None:
     with user_errors(f"stage clip@{shard}"):
-        params = load_params(sections=SECTIONS)["clip"]
-        rows = clip_shard(Path("data/raw") / shard, Path("data/clips") / shard, params)
+        params = load_params(sections=SECTIONS)
+        rows = clip_shard(Path("data/raw") / shard, Path("data/clips") / shard, params["clip"],
+                          compute=params["compute"])
         print(f"clip {shard}: {summary(rows)}")
 
 

@@ -9,7 +9,7 @@ from pipeline.errors import user_errors
 from pipeline.config import load_params
 from pipeline.status import summary
 
-SECTIONS = ("download", "clip")
+SECTIONS = ("download", "clip", "compute")
 
 
 def main(shard: str) -> None:
@@ -17,7 +17,7 @@ def main(shard: str) -> None:
     with user_errors(f"stage download@{shard}"):
         params = load_params(sections=SECTIONS)
         rows = download_shard(shard_path(shard), RAW_DIR / shard, params["download"],
-                              seconds=params["clip"].seconds)
+                              seconds=params["clip"].seconds, compute=params["compute"])
         print(f"download {shard}: {summary(rows)}")
 
 

@@ -9,7 +9,7 @@ from pipeline.config import load_params
 from pipeline.separate import separate_shard
 from pipeline.status import summary
 
-SECTIONS = ("separate", "clip")
+SECTIONS = ("separate", "clip", "compute")
 
 
 def main(shard: str) -> None:
@@ -17,7 +17,7 @@ def main(shard: str) -> None:
     with user_errors(f"stage separate@{shard}"):
         params = load_params(sections=SECTIONS)
         rows = separate_shard(Path("data/clips") / shard, Path("data/separated") / shard, params["separate"],
-                              target_rate=params["clip"].target_rate)
+                              target_rate=params["clip"].target_rate, compute=params["compute"])
         print(f"separate {shard}: {summary(rows)}")
 
 

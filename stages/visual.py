@@ -5,20 +5,18 @@ from pathlib import Path
 
 from pipeline.errors import user_errors
 from pipeline.config import load_params
-from pipeline.features.extract import FRAME_FEATURE_STATUS, clip_inputs, extract_tables, write_feature_status
-from pipeline.features.visual import load_clip
+from pipeline.features.extract import FRAME_FEATURE_STATUS, visual_shard, write_feature_status
 from pipeline.status import summary
 
-SECTIONS = ("features",)
+SECTIONS = ("features", "compute")
 
 
 def main(shard: str) -> None:
     with user_errors(f"stage visual@{shard}"):
-        visual = load_params(sections=SECTIONS)["features"].clip
-        model = load_clip(visual.model, device=visual.device, dtype=visual.dtype)
+        params = load_params(sections=SECTIONS)
         out = Path("data/features/clip")
-        rows = extract_tables(clip_inputs(Path("data/clips") / shard), visual=visual, model=model,
-                              clip_out=out / f"{shard}.parquet", desc=f"visual {shard}")
+        rows = visual_shard(Path("data/clips") / shard, out / f"{shard}.parquet", params["features"].clip,
+                            params["compute"])
         write_feature_status(out / f"{shard}.status.parquet", rows, FRAME_FEATURE_STATUS)
         print(f"visual {shard}: {summary(rows)}")
 

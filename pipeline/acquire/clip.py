@@ -13,6 +13,7 @@ data, a status row says why and the rest of the shard goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,10 +22,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline import media
-from pipeline.config import ClipParams
-from pipeline.files import atomic_path
-from pipeline.status import (OK, PICTURE_FIELDS, STATUS_FILE, failed_row, ok_row, picture_columns, read_status,
-                             status_schema, summary, write_status)
+from pipeline.config import ClipParams, ComputeParams
+from pipeline.engine import LOCAL_NODE, Lost, Work, fingerprint, in_temp_dir, journal_for, open_engine, put_files, results
+from pipeline.files import atomic_path, file_sha256
+from pipeline.status import (NODE_FIELD, OK, PICTURE_FIELDS, STATUS_FILE, failed_row, ok_row, picture_columns,
+                             read_status, status_schema, summary, write_status)
 
 log = logging.getLogger("v2m.clip")
 
@@ -35,6 +37,7 @@ STATUS_SCHEMA = status_schema(
     pa.field("height", pa.int16()),
     pa.field("source_duration", pa.float64()),
     *PICTURE_FIELDS,
+    NODE_FIELD,
 )
 
 
@@ -77,17 +80,59 @@ def clip_one(source: Path, out_dir: Path, video_id: str, params: ClipParams) -> 
                   source_duration=info.duration, **picture_columns(info.picture))
 
 
+def clip_bytes(video_id: str, name: str, data: bytes, params: ClipParams, shown: str) -> tuple[dict, dict[str, bytes]]:
+    """:func:`clip_one` of a video sent as bytes (a Ray task): ``(status row, {file name: bytes})``.
+
+    ``shown`` is the input's path on the driver, which messages name instead of the worker's temp copy.
+    """
+    def run(folder: Path) -> tuple[dict, dict[str, bytes]]:
+        source, out = folder / name, folder / "out"
+        source.write_bytes(data)
+        out.mkdir()
+        row = clip_one(source, out, video_id, params)
+        if row["error_message"]:
+            row["error_message"] = row["error_message"].replace(str(source), shown)
+        return row, {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+    return in_temp_dir(run)
+
+
 def clip_shard(raw_dir: Path | str, out_dir: Path | str, params: ClipParams, workers: int = 2,
-               progress: bool = True) -> list[dict]:
-    """Clip every video the download stage finished in ``raw_dir``; writes ``out_dir`` atomically."""
+               progress: bool = True, compute: ComputeParams | None = None) -> list[dict]:
+    """Clip every video the download stage finished in ``raw_dir``; writes ``out_dir`` atomically.
+
+    ``compute.engine: ray`` clips on Ray tasks (``compute.clip_cpus`` each) instead of ``workers`` threads.
+    """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     inputs = [(row["video_id"], raw_dir / row["file"]) for row in read_status(raw_dir) if row["status"] == OK]
+    engine = open_engine(compute)
+    if engine is not None:
+        journal = journal_for(compute, "clip", raw_dir.name)
+        recipe = dataclasses.asdict(params)
+        work = [Work(vid, fingerprint(recipe, file_sha256(path)),
+                     lambda vid=vid, path=path: (vid, path.name, path.read_bytes(), params, str(path)))
+                for vid, path in inputs]
+        lost = engine.tasks(clip_bytes, work, journal, cpus=compute.clip_cpus, desc=f"clip {raw_dir.name} (ray)",
+                            progress=progress)
     with atomic_path(out_dir) as temp:
         temp.mkdir(parents=True)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            jobs = pool.map(lambda item: clip_one(item[1], temp, item[0], params), inputs)
-            rows = list(tqdm(jobs, total=len(inputs), desc=f"clip {raw_dir.name}", unit="clip", disable=not progress))
+        if engine is None:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                jobs = pool.map(lambda item: clip_one(item[1], temp, item[0], params), inputs)
+                rows = [{**row, "node": LOCAL_NODE} for row in tqdm(jobs, total=len(inputs), desc=f"clip {raw_dir.name}",
+                                                                    unit="clip", disable=not progress)]
+        else:
+            rows = []
+            for video_id, node, value in results(work, journal, lost):
+                if isinstance(value, Lost):
+                    rows.append(failed_row(video_id, "worker_lost", f"{video_id}: {value.cause}", node=None))
+                    continue
+                row, files = value
+                put_files(temp, files)
+                rows.append({**row, "node": node})
         write_status(temp / STATUS_FILE, rows, STATUS_SCHEMA)
+    if engine is not None:
+        journal.clear()
     log.info("clip %s: %s", raw_dir.name, summary(rows))
     return rows
 

@@ -17,6 +17,7 @@ ever appears there. Proxy credentials never reach logs, status rows or exception
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -40,11 +41,12 @@ from yt_dlp.utils import DownloadError, YoutubeDLError, download_range_func, par
 
 from pipeline import media
 from pipeline.acquire.manifest import MANIFEST_DIR, ManifestEntry, read_manifest, shard_path
-from pipeline.acquire.proxies import ProxyPool, read_proxy_list
-from pipeline.config import DownloadParams
+from pipeline.acquire.proxies import LeasedProxyPool, ProxyPool, SharedProxyPool, read_proxy_list
+from pipeline.config import ComputeParams, DownloadParams
+from pipeline.engine import LOCAL_NODE, Work, in_temp_dir, open_engine
 from pipeline.errors import UserError
 from pipeline.files import atomic_path, file_sha256
-from pipeline.status import OK, STATUS_FILE, failed_row, ok_row, read_status, status_schema, summary, write_status
+from pipeline.status import NODE_FIELD, OK, STATUS_FILE, failed_row, ok_row, read_status, status_schema, summary, write_status
 
 log = logging.getLogger("v2m.download")
 
@@ -59,6 +61,7 @@ STATUS_SCHEMA = status_schema(
     pa.field("fetched_at", pa.string()),      # ISO 8601, UTC
     pa.field("ytdlp_version", pa.string()),
     pa.field("file", pa.string()),            # the video's file name in the output folder
+    NODE_FIELD,
 )
 
 # Error classes. Rotating ones are the proxy's fault (or the site's reaction to it): another proxy may
@@ -196,7 +199,7 @@ class ShardDownloader:
     """Downloads one shard's entries into ``out_dir`` through ``pool``; see the module docstring."""
 
     def __init__(self, params: DownloadParams, seconds: float, pool: ProxyPool, scratch: Path,
-                 sleep=time.sleep):
+                 sleep=time.sleep, started: threading.Event | None = None):
         self.params = params
         self.window = seconds + params.margin_seconds
         self.pool = pool
@@ -205,7 +208,9 @@ class ShardDownloader:
         self.sleep = sleep
         self.rate_limit = parse_bytes(params.rate_limit) if params.rate_limit else None
         self.file_roots = resolved_roots(params.file_roots)
-        self._started = threading.Event()
+        # Set after the first fetch: the sleep_min..max pause goes between downloads (a Ray worker
+        # passes one event for all its tasks, so the pacing holds per worker).
+        self._started = started or threading.Event()
 
     def ytdlp_options(self, url: str, target: Path, proxy_url: str | None) -> dict:
         options = {
@@ -337,9 +342,13 @@ class ShardDownloader:
         row = ok_row(entry.video_id, attempts=attempt, proxy=proxy_label, bytes=(self.done_dir / name).stat().st_size,
                      sha256=digest, duration=duration, fetched_at=_now(), ytdlp_version=yt_dlp.version.__version__,
                      file=name)
+        self.record(entry, row)
+        return row
+
+    def record(self, entry: ManifestEntry, row: dict) -> None:
+        """Mark ``entry`` done with ``row`` (its file already in ``done_dir``): the JSON record, written last."""
         with atomic_path(self.done_dir / f"{entry.video_id}.json") as temp:
             temp.write_text(json.dumps({"row": row, "request": self.request(entry)}))
-        return row
 
 
 class _ChecksumMismatch(Exception):
@@ -355,12 +364,14 @@ def _now() -> str:
 
 
 def download_shard(manifest: Path | str, out_dir: Path | str, params: DownloadParams, seconds: float,
-                   proxies: Path | str | None = None, progress: bool = True) -> list[dict]:
+                   proxies: Path | str | None = None, progress: bool = True,
+                   compute: ComputeParams | None = None) -> list[dict]:
     """Download every entry of ``manifest`` into ``out_dir`` (videos + status.parquet).
 
     Args:
         seconds: the clip length; yt-dlp fetches ``seconds + params.margin_seconds``.
         proxies: proxy list file; None uses ``params.proxies`` (empty there = direct).
+        compute: ``engine: ray`` fetches on Ray tasks (:func:`_fetch_on_ray`); None or local, in threads here.
 
     Returns:
         the status rows, one per manifest entry.
@@ -368,19 +379,25 @@ def download_shard(manifest: Path | str, out_dir: Path | str, params: DownloadPa
     manifest, out_dir = Path(manifest), Path(out_dir)
     entries = read_manifest(manifest)
     proxy_file = proxies if proxies is not None else (params.proxies or None)
-    pool = ProxyPool(read_proxy_list(proxy_file) if proxy_file else None, params.proxy_cooldown)
+    urls = read_proxy_list(proxy_file) if proxy_file else None
+    pool = ProxyPool(urls, params.proxy_cooldown)
     scratch = Path(params.scratch) / manifest.stem
     downloader = ShardDownloader(params, seconds, pool, scratch)
-    rows: list[dict] = []
     route = "direct" if pool.direct else f"{len(pool.proxies)} proxies"
-    with ThreadPoolExecutor(max_workers=params.concurrency) as workers, \
-            tqdm(total=len(entries), desc=f"download {manifest.stem} ({route})", unit="video",
-                 disable=not progress) as bar:
-        futures = {workers.submit(downloader.fetch, entry): entry for entry in entries}
-        for future in as_completed(futures):
-            rows.append(future.result())
-            bar.update(1)
-            bar.set_postfix_str(summary(rows))
+    engine = open_engine(compute)
+    if engine is not None:
+        rows = _fetch_on_ray(engine, downloader, entries, seconds, proxy_file if urls else None,
+                             desc=f"download {manifest.stem} ({route}, ray)", progress=progress)
+    else:
+        rows = []
+        with ThreadPoolExecutor(max_workers=params.concurrency) as workers, \
+                tqdm(total=len(entries), desc=f"download {manifest.stem} ({route})", unit="video",
+                     disable=not progress) as bar:
+            futures = {workers.submit(downloader.fetch, entry): entry for entry in entries}
+            for future in as_completed(futures):
+                rows.append({"node": LOCAL_NODE, **future.result()})
+                bar.update(1)
+                bar.set_postfix_str(summary(rows))
     with atomic_path(out_dir) as temp:
         temp.mkdir(parents=True)
         for row in rows:
@@ -389,6 +406,92 @@ def download_shard(manifest: Path | str, out_dir: Path | str, params: DownloadPa
         write_status(temp / STATUS_FILE, rows, STATUS_SCHEMA)
     log.info("download %s: %s", manifest.stem, summary(rows))
     return rows
+
+
+def _fetch_on_ray(engine, downloader: ShardDownloader, entries: list[ManifestEntry], seconds: float,
+                  proxy_file: Path | str | None, desc: str, progress: bool) -> list[dict]:
+    """Fetch the entries on Ray tasks; the driver keeps the resumable cache (``downloader.done_dir``).
+
+    One named actor, on the driver's node, reads the proxy list and owns the pool, so rotation and
+    cooldowns hold across every worker; a task leases a proxy from it and reports the outcome. The
+    proxy URLs (with their credentials) are only ever the actor's replies, never a task argument.
+    """
+    finished = {e.video_id: downloader.finished(e) for e in entries}
+    pool = None
+    if proxy_file is not None:
+        pool = engine.service(SharedProxyPool, str(Path(proxy_file).resolve()), downloader.params.proxy_cooldown,
+                              name=f"v2m-proxies-{downloader.done_dir.parent.name}")
+    by_id = {e.video_id: e for e in entries}
+    # Relative local paths (URLs and download.file_roots) mean the driver's working directory, which a
+    # worker does not share: send them absolute; the worker still checks them against the roots.
+    params = dataclasses.replace(downloader.params,
+                                 file_roots=tuple(str(Path(root).absolute()) for root in downloader.params.file_roots))
+    work = [Work(e.video_id, "", lambda e=e: (dataclasses.replace(e, url=_absolute_local(e.url)), params, seconds, pool))
+            for e in entries if finished[e.video_id] is None]
+    journal = _DoneCache(downloader, by_id)
+    try:
+        lost = engine.tasks(fetch_on_worker, work, journal, cpus=engine.params.download_cpus, desc=desc,
+                            progress=progress)
+    finally:
+        if pool is not None:
+            engine.ray.kill(pool)
+    rows = []
+    for entry in entries:
+        if entry.video_id in lost:
+            rows.append(failed_row(entry.video_id, "worker_lost", f"{entry.video_id}: {lost[entry.video_id].cause}",
+                                   attempts=None, proxy=None, bytes=None, sha256=None, duration=None, fetched_at=_now(),
+                                   ytdlp_version=yt_dlp.version.__version__, file=None, node=None))
+        else:
+            rows.append({"node": LOCAL_NODE, **(finished[entry.video_id] or journal.rows[entry.video_id])})
+    return rows
+
+
+def _absolute_local(url: str) -> str:
+    """A local manifest URL (``file:`` or a bare path) with a relative path as an absolute ``file://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("file", "") or parts.netloc:
+        return url
+    path = Path(unquote(parts.path) if parts.scheme else url)
+    return url if path.is_absolute() else path.absolute().as_uri()
+
+
+class _DoneCache:
+    """The engine's journal for downloads: the downloader's own resumable cache (file, then JSON record)."""
+
+    def __init__(self, downloader: ShardDownloader, entries: dict[str, ManifestEntry]):
+        self.downloader, self.entries, self.rows = downloader, entries, {}
+
+    def get(self, key: str, request: str):
+        return None
+
+    def put(self, key: str, request: str, node: str, value: tuple[dict, bytes | None]) -> None:
+        row, data = value
+        row = {**row, "node": node}
+        if row["status"] == OK:
+            self.downloader.done_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.downloader.done_dir / row["file"]) as temp:
+                temp.write_bytes(data)
+            self.downloader.record(self.entries[key], row)
+        self.rows[key] = row
+
+
+_WORKER_STARTED: dict[str, threading.Event] = {}   # per worker process: pacing across its download tasks
+
+
+def fetch_on_worker(entry: ManifestEntry, params: DownloadParams, seconds: float, pool) -> tuple[dict, bytes | None]:
+    """A Ray task: fetch one entry into a scratch folder of this worker; ``(status row, file bytes)``.
+
+    ``pool`` is the handle of the shard's :class:`SharedProxyPool` actor, or None for direct downloads.
+    """
+    proxies = LeasedProxyPool(pool) if pool is not None else ProxyPool(None, params.proxy_cooldown)
+    started = _WORKER_STARTED.setdefault(repr(params), threading.Event())
+
+    def fetch(scratch: Path) -> tuple[dict, bytes | None]:
+        row = ShardDownloader(params, seconds, proxies, scratch, started=started).fetch(entry)
+        data = (scratch / "done" / row["file"]).read_bytes() if row["status"] == OK else None
+        return row, data
+
+    return in_temp_dir(fetch)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -121,10 +121,76 @@ class ProxyPool:
 
     def scrub(self, text: str) -> str:
         """Remove proxy credentials from a message (yt-dlp errors can quote the proxy URL)."""
-        for proxy in self.proxies:
-            text = text.replace(proxy.url, proxy.label)
-            password = urlsplit(proxy.url).password
-            if password:
-                text = text.replace(password, "***")
-        return text
+        return scrub(text, self.proxies)
+
+
+def scrub(text: str, proxies: list[Proxy]) -> str:
+    """``text`` with the URLs and passwords of ``proxies`` redacted."""
+    for proxy in proxies:
+        text = text.replace(proxy.url, proxy.label)
+        password = urlsplit(proxy.url).password
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+class SharedProxyPool:
+    """One :class:`ProxyPool` for a whole Ray cluster, run as a named actor (``compute.engine: ray``).
+
+    It reads the proxy list itself (the driver passes the file's path, never its URLs), so rotation
+    and the cooldowns of failed proxies hold across every worker. Proxies are named by their index
+    in calls; a URL leaves the actor only as the reply to :meth:`lease`.
+    """
+
+    def __init__(self, proxy_file: str, cooldown: float):
+        self.pool = ProxyPool(read_proxy_list(proxy_file), cooldown)
+
+    def lease(self) -> tuple[int, str, float]:
+        """``(index, url, seconds to wait before using it)`` of the next proxy in turn."""
+        proxy, wait = self.pool.acquire()
+        return self.pool.proxies.index(proxy), proxy.url, wait
+
+    def failed(self, index: int) -> None:
+        self.pool.failed(self.pool.proxies[index])
+
+    def succeeded(self, index: int) -> None:
+        self.pool.succeeded(self.pool.proxies[index])
+
+    def stats(self) -> list[dict]:
+        """Per proxy, redacted: label, successes, consecutive failures."""
+        return [{"proxy": p.label, "successes": p.successes, "failures": p.failures} for p in self.pool.proxies]
+
+
+@dataclass
+class LeasedProxy(Proxy):
+    index: int = -1
+
+
+class LeasedProxyPool:
+    """A download worker's view of a :class:`SharedProxyPool` actor: the interface of :class:`ProxyPool`."""
+
+    direct = False
+
+    def __init__(self, actor):
+        import ray
+
+        self.ray, self.actor = ray, actor
+        self.leased: dict[int, LeasedProxy] = {}
+
+    def acquire(self) -> tuple[LeasedProxy, float]:
+        index, url, wait = self.ray.get(self.actor.lease.remote())
+        proxy = self.leased.setdefault(index, LeasedProxy(url, index=index))
+        return proxy, wait
+
+    def failed(self, proxy: LeasedProxy | None) -> None:
+        # Waited for, so the next lease anywhere in the cluster already sees this proxy resting.
+        if proxy is not None:
+            self.ray.get(self.actor.failed.remote(proxy.index))
+
+    def succeeded(self, proxy: LeasedProxy | None) -> None:
+        if proxy is not None:
+            self.ray.get(self.actor.succeeded.remote(proxy.index))
+
+    def scrub(self, text: str) -> str:
+        return scrub(text, list(self.leased.values()))
 

@@ -26,11 +26,13 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline import media
-from pipeline.config import CodesFeatureParams, FlowFeatureParams, VisualFeatureParams
+from pipeline.config import CodesFeatureParams, ComputeParams, FlowFeatureParams, VisualFeatureParams
+from pipeline.engine import LOCAL_NODE, Lost, Work, fingerprint, in_temp_dir, journal_for, open_engine, results
 from pipeline.features.motion import dequantize, flow_kwargs, flow_magnitudes, quantize
 from pipeline.features.store import ShardWriter, tensor_column
-from pipeline.status import (OK, PICTURE_FIELDS, failed_row, ok_row, picture_columns, read_status, status_schema,
-                             summary, write_status)
+from pipeline.files import file_sha256
+from pipeline.status import (NODE_FIELD, OK, PICTURE_FIELDS, failed_row, ok_ids, ok_row, picture_columns, read_status,
+                             status_schema, summary, write_status)
 
 if TYPE_CHECKING:
     from pipeline.features.visual import ClipEncoder
@@ -40,9 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("v2m.features")
 
-FEATURE_STATUS = status_schema(pa.field("rows", pa.int32()))
+FEATURE_STATUS = status_schema(pa.field("rows", pa.int32()), NODE_FIELD)
 # The frame tables' rows also say what rotation and pixel shape were undone before the features.
-FRAME_FEATURE_STATUS = status_schema(pa.field("rows", pa.int32()), *PICTURE_FIELDS)
+FRAME_FEATURE_STATUS = status_schema(pa.field("rows", pa.int32()), *PICTURE_FIELDS, NODE_FIELD)
 
 
 @dataclass
@@ -86,7 +88,7 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
     """
     want_rgb, want_gray = clip_out is not None, flow_out is not None
     if want_rgb:
-        from pipeline.features.visual import HIDDEN_STATE, encode_frames, preprocess
+        from pipeline.features.visual import encode_frames, preprocess
     decoded: queue.Queue[_Decoded | None] = queue.Queue(maxsize=4)
     flow_pool = ThreadPoolExecutor(max_workers=flow_workers) if want_gray else None
     stop = threading.Event()
@@ -115,20 +117,10 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
     writers = []
     clip_writer = flow_writer = None
     if want_rgb:
-        clip_writer = ShardWriter(clip_out, "clip", [
-            pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
-            pa.field("tokens", _tokens_type(model))],
-            {"model": visual.model, "params": dataclasses.asdict(visual), "hidden_state": HIDDEN_STATE,
-             "units": "CLIP hidden states, CLS token first then 7x7 patches row by row"})
+        clip_writer = clip_table_writer(clip_out, visual, model.config)
         writers.append(clip_writer)
     if want_gray:
-        flow_writer = ShardWriter(flow_out, "flow", [
-            pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
-            pa.field("magnitude", pa.fixed_shape_tensor(pa.uint8(), [flow.size, flow.size])),
-            pa.field("scale", pa.float32())],
-            {"params": dataclasses.asdict(flow), "method": "cv2.calcOpticalFlowFarneback, magnitude only",
-             "units": "pixels of the size x size frame per frame interval; map 0 is zero (no previous frame)",
-             "quantization": "magnitude = q * scale / 255"}, compression="zstd")
+        flow_writer = flow_table_writer(flow_out, flow)
         writers.append(flow_writer)
 
     rows: list[dict] = []
@@ -153,7 +145,7 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
                     "frame": np.arange(n, dtype=np.int32), "time": np.arange(n, dtype=np.float32) / flow.fps,
                     "magnitude": tensor_column(q), "scale": scale})
                 count = count or n
-            rows.append(ok_row(item.clip.video_id, rows=count, **picture_columns(item.picture)))
+            rows.append(ok_row(item.clip.video_id, rows=count, **picture_columns(item.picture), node=LOCAL_NODE))
             bar.update(1)
 
     try:
@@ -163,7 +155,7 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
         while True:
             item = decoded.get()
             if item is not None and item.error is not None:
-                rows.append(failed_row(item.clip.video_id, "unreadable", item.error, rows=0))
+                rows.append(failed_row(item.clip.video_id, "unreadable", item.error, rows=0, node=LOCAL_NODE))
                 bar.update(1)
                 continue
             if item is not None:
@@ -225,8 +217,34 @@ def extract_video(path: Path | str, *, visual: VisualFeatureParams, encoder: "Cl
     return VideoFeatures(tokens, maps, frames.seconds, frames.picture)
 
 
-def _tokens_type(model) -> pa.DataType:
-    config = model.config
+def clip_table_writer(path: Path, visual: VisualFeatureParams, config) -> ShardWriter:
+    """The CLIP table's writer; ``config`` is the CLIP vision config (token count and width)."""
+    from pipeline.features.visual import HIDDEN_STATE
+
+    return ShardWriter(path, "clip", [
+        pa.field("frame", pa.int32()), pa.field("time", pa.float32()), pa.field("tokens", _tokens_type(config))],
+        {"model": visual.model, "params": dataclasses.asdict(visual), "hidden_state": HIDDEN_STATE,
+         "units": "CLIP hidden states, CLS token first then 7x7 patches row by row"})
+
+
+def flow_table_writer(path: Path, flow: FlowFeatureParams) -> ShardWriter:
+    return ShardWriter(path, "flow", [
+        pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
+        pa.field("magnitude", pa.fixed_shape_tensor(pa.uint8(), [flow.size, flow.size])),
+        pa.field("scale", pa.float32())],
+        {"params": dataclasses.asdict(flow), "method": "cv2.calcOpticalFlowFarneback, magnitude only",
+         "units": "pixels of the size x size frame per frame interval; map 0 is zero (no previous frame)",
+         "quantization": "magnitude = q * scale / 255"}, compression="zstd")
+
+
+def codes_table_writer(path: Path, params: CodesFeatureParams, n_codebooks: int) -> ShardWriter:
+    return ShardWriter(path, "codes", [pa.field("frame", pa.int32()),
+                                       pa.field("codes", pa.fixed_shape_tensor(pa.int16(), [n_codebooks]))],
+                       {"model": params.codec, "params": dataclasses.asdict(params), "frame_rate": 50,
+                        "units": "EnCodec RVQ indices, one row per 20 ms frame, codebooks 0..K-1"})
+
+
+def _tokens_type(config) -> pa.DataType:
     tokens = (config.image_size // config.patch_size) ** 2 + 1
     return pa.fixed_shape_tensor(pa.float16(), [tokens, config.hidden_size])
 
@@ -239,30 +257,216 @@ def codes_table(video_ids: Iterable[str], audio_dir: Path, out: Path, params: Co
     video_ids = list(video_ids)
     rows = []
     n_codebooks = None
-    with ShardWriter(out, "codes", [pa.field("frame", pa.int32()),
-                                    pa.field("codes", pa.fixed_shape_tensor(
-                                        pa.int16(), [codec_lib.num_codebooks(model, params.bandwidth)]))],
-                     {"model": params.codec, "params": dataclasses.asdict(params), "frame_rate": 50,
-                      "units": "EnCodec RVQ indices, one row per 20 ms frame, codebooks 0..K-1"}) as writer:
+    with codes_table_writer(out, params, codec_lib.num_codebooks(model, params.bandwidth)) as writer:
         for video_id in tqdm(video_ids, desc=desc, unit="clip", disable=not progress):
-            try:
-                audio, rate = media.read_wav(audio_dir / f"{video_id}.wav")
-                if rate != model.config.sampling_rate or audio.shape[0] != 1:
-                    raise media.MediaError(f"{audio_dir / video_id}.wav: {audio.shape[0]} channel(s) at {rate} Hz, "
-                                           f"the codec takes mono {model.config.sampling_rate} Hz")
-                codes = codec_lib.encode(model, audio, bandwidth=params.bandwidth)   # [K, T]
-            except media.MediaError as error:
-                rows.append(failed_row(video_id, "unreadable", str(error), rows=0))
+            codes = _clip_codes(model, audio_dir / f"{video_id}.wav", params)
+            if isinstance(codes, str):
+                rows.append(failed_row(video_id, "unreadable", codes, rows=0, node=LOCAL_NODE))
                 continue
             n_codebooks = codes.shape[0]
-            writer.write_clip(video_id, {"frame": np.arange(codes.shape[1], dtype=np.int32),
-                                         "codes": tensor_column(np.ascontiguousarray(codes.T))})
-            rows.append(ok_row(video_id, rows=int(codes.shape[1])))
+            _write_codes(writer, video_id, codes)
+            rows.append(ok_row(video_id, rows=int(codes.shape[1]), node=LOCAL_NODE))
     log.info("%s: %s (K=%s)", desc, summary(rows), n_codebooks)
     return rows
+
+
+def _clip_codes(model, wav: Path, params: CodesFeatureParams) -> np.ndarray | str:
+    """int16 ``[K, T]`` codes of one 32 kHz mono wav, or the one-line reason it cannot be read."""
+    from pipeline.features import codec as codec_lib
+
+    try:
+        audio, rate = media.read_wav(wav)
+        if rate != model.config.sampling_rate or audio.shape[0] != 1:
+            raise media.MediaError(f"{wav}: {audio.shape[0]} channel(s) at {rate} Hz, "
+                                   f"the codec takes mono {model.config.sampling_rate} Hz")
+        return codec_lib.encode(model, audio, bandwidth=params.bandwidth)   # [K, T]
+    except media.MediaError as error:
+        return str(error)
+
+
+def _write_codes(writer: ShardWriter, video_id: str, codes: np.ndarray) -> None:
+    writer.write_clip(video_id, {"frame": np.arange(codes.shape[1], dtype=np.int32),
+                                 "codes": tensor_column(np.ascontiguousarray(codes.T))})
 
 
 def write_feature_status(path: Path, rows: list[dict], schema: pa.Schema = FEATURE_STATUS) -> Path:
     """Write a feature stage's status rows: :data:`FEATURE_STATUS`, or :data:`FRAME_FEATURE_STATUS` for the
     rows of :func:`extract_tables`."""
     return write_status(path, rows, schema)
+
+
+# ------------------------------------------------------------------------------------ per-shard, either engine
+
+def _decode_sent(folder: Path, name: str, data: bytes, shown: str, **sample) -> "media.SampledFrames | str":
+    """Frames of a clip sent as bytes, or the decode error naming the driver's path ``shown``."""
+    path = folder / name
+    path.write_bytes(data)
+    try:
+        return media.sample_frames(path, **sample)
+    except media.MediaError as error:
+        return str(error).replace(str(path), shown)
+
+
+def clip_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
+    """A CLIP actor's call (engine ray): items ``(clip name, mp4 bytes, seconds, driver path, visual params)``
+    -> float16 ``[N_v, 50, 768]`` tokens each, or the reason the clip could not be decoded."""
+    from pipeline.features.visual import encode_frames, preprocess
+
+    out = []
+    for name, data, seconds, shown, visual in batch:
+        frames = in_temp_dir(lambda folder: _decode_sent(folder, name, data, shown, rgb_fps=visual.fps,
+                                                         gray_fps=None, seconds=seconds))
+        out.append(frames if isinstance(frames, str) else encode_frames(model, preprocess(frames.rgb), visual.batch_size))
+    return out
+
+
+def flow_task(name: str, data: bytes, seconds: float, shown: str, flow: FlowFeatureParams) -> tuple | str:
+    """A Ray task (engine ray): one clip's quantized flow maps ``(q uint8 [N_m, S, S], scale [N_m])``, or the
+    reason it could not be decoded."""
+    frames = in_temp_dir(lambda folder: _decode_sent(folder, name, data, shown, rgb_fps=None, gray_fps=flow.fps,
+                                                     seconds=seconds))
+    if isinstance(frames, str):
+        return frames
+    return quantize(flow_magnitudes(frames.gray, **flow_kwargs(flow)))
+
+
+def codes_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
+    """A codec actor's call (engine ray): items ``(wav bytes, driver path, codes params)`` -> int16 ``[K, T]``
+    codes each, or the reason the audio could not be read."""
+    def one(folder: Path, data: bytes, shown: str, params: CodesFeatureParams):
+        wav = folder / Path(shown).name
+        wav.write_bytes(data)
+        codes = _clip_codes(model, wav, params)
+        return codes.replace(str(wav), shown) if isinstance(codes, str) else codes
+
+    return [in_temp_dir(lambda folder, item=item: one(folder, *item)) for item in batch]
+
+
+def _load_clip_for_actor(model: str, device: str, dtype: str):
+    from pipeline.features.visual import load_clip
+
+    return load_clip(model, device=device, dtype=dtype)
+
+
+def _load_codec_for_actor(path: str, device: str):
+    from pipeline.features.codec import load_codec
+
+    return load_codec(path, device=device)
+
+
+def _model_path(name: str) -> str:
+    """A model folder as an absolute path (workers share the driver's layout); a hub id as it is."""
+    return str(Path(name).resolve()) if Path(name).is_dir() else name
+
+
+def _clip_work(clips: list[ClipInput], recipe) -> list[Work]:
+    return [Work(c.video_id, fingerprint(recipe, c.seconds, file_sha256(c.path)),
+                 lambda c=c: (c.path.name, c.path.read_bytes(), c.seconds, str(c.path)))
+            for c in clips]
+
+
+def _lost_row(video_id: str, lost: Lost) -> dict:
+    return failed_row(video_id, "worker_lost", f"{video_id}: {lost.cause}", rows=0, node=None)
+
+
+def visual_shard(clips_dir: Path, out: Path, visual: VisualFeatureParams, compute: ComputeParams | None = None,
+                 progress: bool = True) -> list[dict]:
+    """The CLIP table of a shard's clips (``out``), on this process or on Ray's CLIP actors; status rows."""
+    clips, shard = clip_inputs(clips_dir), Path(clips_dir).name
+    engine = open_engine(compute)
+    if engine is None:
+        from pipeline.features.visual import load_clip
+
+        model = load_clip(visual.model, device=visual.device, dtype=visual.dtype)
+        return extract_tables(clips, visual=visual, model=model, clip_out=out, desc=f"visual {shard}", progress=progress)
+    from transformers import CLIPVisionConfig
+
+    config = CLIPVisionConfig.from_pretrained(visual.model, local_files_only=True)   # fails early, cheaply
+    journal = journal_for(compute, "visual", shard)
+    work = [Work(w.key, w.request, lambda w=w: (*w.args(), visual))
+            for w in _clip_work(clips, dataclasses.asdict(visual))]
+    lost = engine.actors(_load_clip_for_actor, (_model_path(visual.model), visual.device, visual.dtype),
+                         clip_tokens_batch, work, journal, pool=compute.clip, desc=f"visual {shard} (ray)",
+                         progress=progress)
+    rows = []
+    with clip_table_writer(out, visual, config) as writer:
+        for video_id, node, value in results(work, journal, lost):
+            if isinstance(value, Lost):
+                rows.append(_lost_row(video_id, value))
+            elif isinstance(value, str):
+                rows.append(failed_row(video_id, "unreadable", value, rows=0, node=node))
+            else:
+                n = value.shape[0]
+                writer.write_clip(video_id, {"frame": np.arange(n, dtype=np.int32),
+                                             "time": np.arange(n, dtype=np.float32) / visual.fps,
+                                             "tokens": tensor_column(value)})
+                rows.append(ok_row(video_id, rows=n, node=node))
+    journal.clear()
+    return rows
+
+
+def motion_shard(clips_dir: Path, out: Path, flow: FlowFeatureParams, compute: ComputeParams | None = None,
+                 workers: int = 1, progress: bool = True) -> list[dict]:
+    """The flow table of a shard's clips (``out``), in ``workers`` threads here or on Ray CPU tasks; status rows."""
+    clips, shard = clip_inputs(clips_dir), Path(clips_dir).name
+    engine = open_engine(compute)
+    if engine is None:
+        return extract_tables(clips, flow=flow, flow_out=out, flow_workers=workers, desc=f"motion {shard}",
+                              progress=progress)
+    journal = journal_for(compute, "motion", shard)
+    work = [Work(w.key, w.request, lambda w=w: (*w.args(), flow)) for w in _clip_work(clips, dataclasses.asdict(flow))]
+    lost = engine.tasks(flow_task, work, journal, cpus=compute.flow_cpus, desc=f"motion {shard} (ray)",
+                        progress=progress)
+    rows = []
+    with flow_table_writer(out, flow) as writer:
+        for video_id, node, value in results(work, journal, lost):
+            if isinstance(value, Lost):
+                rows.append(_lost_row(video_id, value))
+            elif isinstance(value, str):
+                rows.append(failed_row(video_id, "unreadable", value, rows=0, node=node))
+            else:
+                q, scale = value
+                n = q.shape[0]
+                writer.write_clip(video_id, {"frame": np.arange(n, dtype=np.int32),
+                                             "time": np.arange(n, dtype=np.float32) / flow.fps,
+                                             "magnitude": tensor_column(q), "scale": scale})
+                rows.append(ok_row(video_id, rows=n, node=node))
+    journal.clear()
+    return rows
+
+
+def codes_shard(audio_dir: Path, out: Path, params: CodesFeatureParams, compute: ComputeParams | None = None,
+                progress: bool = True) -> list[dict]:
+    """The codes table of a shard's separated audio (``out``), here or on Ray's codec actors; status rows."""
+    from pipeline.features import codec as codec_lib
+
+    audio_dir, shard = Path(audio_dir), Path(audio_dir).name
+    video_ids = ok_ids(audio_dir)
+    engine = open_engine(compute)
+    if engine is None:
+        model = codec_lib.load_codec(params.codec, device=params.device)
+        return codes_table(video_ids, audio_dir, out, params, model, progress=progress, desc=f"codes {shard}")
+    journal = journal_for(compute, "codes", shard)
+    recipe = dataclasses.asdict(params)
+    work = [Work(v, fingerprint(recipe, file_sha256(audio_dir / f"{v}.wav")),
+                 lambda v=v: ((audio_dir / f"{v}.wav").read_bytes(), str(audio_dir / f"{v}.wav"), params))
+            for v in video_ids]
+    lost = engine.actors(_load_codec_for_actor, (_model_path(params.codec), params.device), codes_batch, work,
+                         journal, pool=compute.codec, desc=f"codes {shard} (ray)", progress=progress)
+    found = (value for _, _, value in results(work, journal, lost) if isinstance(value, np.ndarray))
+    first = next(found, None)
+    n_codebooks = first.shape[0] if first is not None else codec_lib.num_codebooks(
+        codec_lib.load_codec(params.codec, device="cpu"), params.bandwidth)
+    rows = []
+    with codes_table_writer(out, params, n_codebooks) as writer:
+        for video_id, node, value in results(work, journal, lost):
+            if isinstance(value, Lost):
+                rows.append(_lost_row(video_id, value))
+            elif isinstance(value, str):
+                rows.append(failed_row(video_id, "unreadable", value, rows=0, node=node))
+            else:
+                _write_codes(writer, video_id, value)
+                rows.append(ok_row(video_id, rows=int(value.shape[1]), node=node))
+    journal.clear()
+    log.info("codes %s: %s (K=%s)", shard, summary(rows), n_codebooks)
+    return rows
