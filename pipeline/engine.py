@@ -26,6 +26,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -47,10 +48,10 @@ class Lost:
 
 
 def node_label() -> str:
-    """This Ray worker's node: ``IP/node-id prefix`` (two nodes on one machine share the IP)."""
+    """This Ray worker's node: ``host/node-id prefix`` (two nodes on one machine share the host)."""
     import ray
 
-    return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
 
 
 def fingerprint(*parts: Any) -> str:

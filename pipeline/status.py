@@ -37,7 +37,7 @@ def picture_columns(picture) -> dict:
     return {"rotation": picture.rotation, "sar": f"{picture.sar.numerator}:{picture.sar.denominator}"}
 
 
-# The machine that did each video: ``local`` (engine local) or a Ray node's ``IP/node-id`` (engine ray).
+# The machine that did each video: ``local`` (engine local) or a Ray node's ``host/node-id`` (engine ray).
 NODE_FIELD = pa.field("node", pa.string())
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import shutil
 import tempfile
 import threading
@@ -11,13 +13,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipeline.acquire.clip import clip_shard
 from pipeline.acquire.download import download_shard
 from pipeline.acquire.manifest import ManifestEntry, write_manifest
-from pipeline.acquire.proxies import redact
+from pipeline.acquire.proxies import SharedProxyPool, redact
 from pipeline.config import (ClipParams, CodesFeatureParams, ComputeParams, DownloadParams, FlowFeatureParams,
-                             ModelActorParams, SampleParams, SeparateParams, VisualFeatureParams)
+                             ModelActorParams, ParamsError, SampleParams, SeparateParams, VisualFeatureParams,
+                             load_params)
 from pipeline.device import torch_threads
 from pipeline.engine import Journal, fingerprint, journal_for
 from pipeline.features.codec import encodec_32khz_config, random_codec
@@ -30,6 +34,7 @@ from pipeline.status import read_status
 from pipeline.synth import read_labels, render_sample_set
 
 from netservers import VideoServer, black_hole, dead_port, forwarding_proxy, status_proxy
+from conftest import REPO
 from raycluster import LocalCluster
 
 PASSWORD = "r4y-s3cr3t"
@@ -68,7 +73,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> tuple[Path, list[str]]:
     folder = tmp_path_factory.mktemp("sample") / "set"
-    render_sample_set(folder, SampleParams(n_clips=4, seconds=3.0, seed=11), progress=False)
+    render_sample_set(folder, SampleParams(n_clips=3, seconds=3.0, seed=11), progress=False)
     rows = read_labels(folder)
     return folder, rows
 
@@ -211,3 +216,46 @@ def test_proxy_rotation_and_cooldowns_hold_across_workers(tmp_path, cluster, sam
     assert {r["video_id"] for r in read_status(tmp_path / "out")} == {r["video_id"] for r in rows}
     logs = [p for p in cluster.root.rglob("*") if p.is_file()]
     assert logs and not [p for p in logs if PASSWORD.encode() in p.read_bytes()], "a password reached Ray's files"
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"engine": "spark"}, "compute.engine must be one of 'local', 'ray', got 'spark'"),
+    ({"ray_address": "http://head:6379"}, "compute.ray_address: must be '', 'auto', HOST:PORT or ray://HOST:PORT"),
+    ({"clip": {"gpu": 1}}, "unknown key 'compute.clip.gpu' (did you mean 'compute.clip.gpus'?)"),
+    ({"max_retries": -1}, "compute.max_retries must be >= 0"),
+])
+def test_compute_params_are_checked(tmp_path, values, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"compute": values}))
+    with pytest.raises(ParamsError) as err:
+        load_params(path, ["compute"])
+    assert expected in str(err.value)
+
+
+def test_local_engine_default_never_imports_ray(tmp_path):
+    """The embedded default (engine local) runs the stages without importing Ray."""
+    code = ("import sys; from pipeline.config import load_params; import stages.download, stages.clip, "
+            "stages.separate, stages.visual, stages.motion, stages.codes; "
+            "from pipeline.engine import open_engine; "
+            "assert load_params(sections=['compute'])['compute'].engine == 'local'; "
+            "assert open_engine(load_params(sections=['compute'])['compute']) is None; "
+            "assert 'ray' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_shared_pool_tries_an_unproven_proxy_on_one_worker_at_a_time(tmp_path):
+    """The cluster's pool (plain class here): a new proxy goes to one worker until it works; then it is
+    shared; a failed one rests for every worker."""
+    now = [0.0]
+    listing = tmp_path / "proxies.txt"
+    listing.write_text("http://a:1\nhttp://b:2\n")
+    pool = SharedProxyPool(str(listing), cooldown=10.0, clock=lambda: now[0])
+    first, second = pool.lease(), pool.lease()
+    assert [first[0], second[0]] == [0, 1]
+    assert pool.lease()[0] == -1                 # both on trial: ask again later
+    pool.failed(1)
+    assert pool.lease()[0] == -1                 # b rests, a still on trial
+    pool.succeeded(0)
+    assert [pool.lease()[0] for _ in range(3)] == [0, 0, 0]   # a works: shared
+    now[0] = 11.0                                # b is back from its rest, on trial again
+    assert {pool.lease()[0] for _ in range(2)} == {0, 1}

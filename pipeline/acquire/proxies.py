@@ -138,22 +138,50 @@ class SharedProxyPool:
     """One :class:`ProxyPool` for a whole Ray cluster, run as a named actor (``compute.engine: ray``).
 
     It reads the proxy list itself (the driver passes the file's path, never its URLs), so rotation
-    and the cooldowns of failed proxies hold across every worker. Proxies are named by their index
-    in calls; a URL leaves the actor only as the reply to :meth:`lease`.
+    and the cooldowns of failed proxies hold across every worker. A proxy that has not yet worked
+    (new, or back from a rest) is leased to one worker at a time, so many workers never pile onto
+    a proxy that is about to fail; one that works is shared in turn. Proxies are named by their
+    index in calls; a URL leaves the actor only as the reply to :meth:`lease`.
     """
 
-    def __init__(self, proxy_file: str, cooldown: float):
-        self.pool = ProxyPool(read_proxy_list(proxy_file), cooldown)
+    def __init__(self, proxy_file: str, cooldown: float, lease_seconds: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.pool = ProxyPool(read_proxy_list(proxy_file), cooldown, clock=clock)
+        self.clock, self.lease_seconds = clock, lease_seconds
+        self.trying: dict[int, float] = {}   # index -> when an untried proxy was leased (a dead worker's lapses)
 
     def lease(self) -> tuple[int, str, float]:
-        """``(index, url, seconds to wait before using it)`` of the next proxy in turn."""
-        proxy, wait = self.pool.acquire()
-        return self.pool.proxies.index(proxy), proxy.url, wait
+        """``(index, url, seconds to wait before using it)`` of the next proxy in turn; ``(-1, "", s)``
+        when every healthy proxy is being tried by another worker: ask again after ``s``."""
+        pool, now = self.pool, self.clock()
+        self.trying = {i: t for i, t in self.trying.items() if now - t < self.lease_seconds}
+        n = len(pool.proxies)
+        healthy = False
+        for offset in range(n):
+            index = (pool._next + offset) % n
+            proxy = pool.proxies[index]
+            if proxy.resting_until > now:
+                continue
+            healthy = True
+            if proxy.successes == 0 or proxy.failures:
+                if index in self.trying:
+                    continue
+                self.trying[index] = now
+            pool._next = (index + 1) % n
+            return index, proxy.url, 0.0
+        if healthy:
+            return -1, "", 0.2
+        proxy, wait = pool.acquire()          # all resting: the soonest back, after its rest
+        index = pool.proxies.index(proxy)
+        self.trying[index] = now
+        return index, proxy.url, wait
 
     def failed(self, index: int) -> None:
+        self.trying.pop(index, None)
         self.pool.failed(self.pool.proxies[index])
 
     def succeeded(self, index: int) -> None:
+        self.trying.pop(index, None)
         self.pool.succeeded(self.pool.proxies[index])
 
     def stats(self) -> list[dict]:
@@ -179,6 +207,9 @@ class LeasedProxyPool:
 
     def acquire(self) -> tuple[LeasedProxy, float]:
         index, url, wait = self.ray.get(self.actor.lease.remote())
+        while index < 0:             # every healthy proxy is on trial elsewhere
+            time.sleep(wait)
+            index, url, wait = self.ray.get(self.actor.lease.remote())
         proxy = self.leased.setdefault(index, LeasedProxy(url, index=index))
         return proxy, wait
 
