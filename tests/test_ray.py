@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import shutil
@@ -23,7 +24,7 @@ from pipeline.config import (ClipParams, CodesFeatureParams, ComputeParams, Down
                              ModelActorParams, ParamsError, SampleParams, SeparateParams, VisualFeatureParams,
                              load_params)
 from pipeline.device import torch_threads
-from pipeline.engine import Journal, fingerprint, journal_for
+from pipeline.engine import Journal, RayEngine, Work, fingerprint, journal_for
 from pipeline.features.codec import encodec_32khz_config, random_codec
 from pipeline.features.extract import (clip_inputs, codes_shard, flow_task, motion_shard, visual_shard,
                                        write_feature_status)
@@ -195,6 +196,16 @@ def test_killing_the_worker_node_mid_shard_loses_nothing(tmp_path, cluster, loca
                     (work["clips"] / f"{row['video_id']}{suffix}").read_bytes()
     finally:
         cluster.start_worker(cpus=1)
+
+
+def test_a_video_whose_worker_dies_on_every_try_is_lost_after_the_retries(tmp_path, cluster):
+    """Ray retries a task whose worker dies compute.max_retries times; then the video is Lost, with the cause."""
+    engine = RayEngine(ray_compute(cluster, tmp_path / "engine", max_retries=1))
+    journal = Journal(tmp_path / "journal")
+    lost = engine.tasks(os._exit, [Work("crash000001", "r", lambda: (1,))], journal, cpus=1.0, desc="crash",
+                        progress=False)
+    assert list(lost) == ["crash000001"] and "worker lost after 1 retries" in lost["crash000001"].cause
+    assert journal.get("crash000001", "r") is None
 
 
 def test_proxy_rotation_and_cooldowns_hold_across_workers(tmp_path, cluster, sample):
