@@ -3,9 +3,8 @@
 The stage process stays the driver: it reads every input, writes every output (the same files,
 Parquet tables and status rows as the local engine) and owns resumption. Workers get their
 inputs as bytes through Ray's object store and send their results back the same way, so no data
-folder has to be shared; each worker needs the project installed and the model folders
-(``models/...``) at the path the params name, relative to the directory Ray starts its
-workers in, or absolute.
+folder has to be shared; each worker needs the project installed and the model folders at the
+same absolute path as on the driver (the stages pass model folders as absolute paths).
 
 Two shapes of work, one interface:
   - :meth:`RayEngine.tasks`: a plain function per video, a CPU task (download, clip, flow);
@@ -16,8 +15,8 @@ killed run resumes without redoing it. A task whose worker dies is retried up to
 ``compute.max_retries`` times (Ray's own retries); after that the video gets a :class:`Lost`
 result that the stage turns into a failed status row naming the cause.
 
-Ray is imported only here and only when a :class:`RayEngine` is made: ``engine: local`` users
-never import it.
+Ray is imported only once a :class:`RayEngine` is made (and by the code that runs on its
+workers): ``engine: local`` users never import it.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 

@@ -31,7 +31,11 @@ class LocalCluster:
     def __init__(self, root: Path, object_store_mb: int = 200):
         self.root, self.port, self.groups = Path(root), free_port(), {}
         self.object_store = str(object_store_mb * 2 ** 20)
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        # No token authentication on this loopback cluster: Ray 2.60 switches it on for some nodes once
+        # any local ray.init() has left ~/.ray/auth_token, and nodes that disagree cannot join.
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        self._driver_auth = os.environ.get("RAY_AUTH_MODE")
+        os.environ["RAY_AUTH_MODE"] = "disabled"     # this process is the cluster's driver
 
     @property
     def address(self) -> str:
@@ -91,3 +95,7 @@ class LocalCluster:
     def stop(self) -> None:
         for name in [n for n in self.groups if n != "head"] + ["head"]:
             self.kill(name)
+        if self._driver_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = self._driver_auth

@@ -309,14 +309,36 @@ def _decode_sent(folder: Path, name: str, data: bytes, shown: str, **sample) -> 
 
 def clip_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
     """A CLIP actor's call (engine ray): items ``(clip name, mp4 bytes, seconds, driver path, visual params)``
-    -> float16 ``[N_v, 50, 768]`` tokens each, or the reason the clip could not be decoded."""
+    -> float16 ``[N_v, 50, 768]`` tokens each, or the reason the clip could not be decoded.
+
+    As in :func:`extract_tables`, a thread decodes while CLIP runs, and CLIP's batches span the clips.
+    """
     from pipeline.features.visual import encode_frames, preprocess
 
-    out = []
-    for name, data, seconds, shown, visual in batch:
+    def decode(item: tuple) -> np.ndarray | str:
+        name, data, seconds, shown, visual = item
         frames = in_temp_dir(lambda folder: _decode_sent(folder, name, data, shown, rgb_fps=visual.fps,
                                                          gray_fps=None, seconds=seconds))
-        out.append(frames if isinstance(frames, str) else encode_frames(model, preprocess(frames.rgb), visual.batch_size))
+        return frames if isinstance(frames, str) else preprocess(frames.rgb)
+
+    batch_size = batch[0][4].batch_size
+    decoded, waiting, encoded = [], [], []
+    with ThreadPoolExecutor(max_workers=1) as decoder:
+        for future in [decoder.submit(decode, item) for item in batch]:
+            decoded.append(future.result())
+            if not isinstance(decoded[-1], str):
+                waiting.append(decoded[-1])
+            if waiting and (sum(p.shape[0] for p in waiting) >= batch_size or len(decoded) == len(batch)):
+                encoded.append(encode_frames(model, np.concatenate(waiting), batch_size))
+                waiting = []
+    tokens = np.concatenate(encoded) if encoded else None
+    out, offset = [], 0
+    for item in decoded:
+        if isinstance(item, str):
+            out.append(item)
+        else:
+            out.append(tokens[offset:offset + item.shape[0]])
+            offset += item.shape[0]
     return out
 
 
