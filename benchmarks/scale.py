@@ -51,7 +51,8 @@ def whole_shard(work: Path, manifest: Path, models: dict, clip: ClipParams, comp
     """Wall seconds of download .. codes of one shard."""
     start = time.perf_counter()
     raw, clips, separated = work / "raw", work / "clips", work / "separated"
-    download_shard(manifest, raw, DownloadParams(scratch=str(work / "scratch"), margin_seconds=0.5),
+    download_shard(manifest, raw, DownloadParams(scratch=str(work / "scratch"), margin_seconds=0.5,
+                                                 file_roots=(str(manifest.parent / "sample"),)),
                    seconds=clip.seconds, progress=False, compute=compute)
     clip_shard(raw, clips, clip, progress=False, compute=compute)
     separate_shard(clips, separated, models["separate"], target_rate=clip.target_rate, progress=False, compute=compute)
@@ -81,8 +82,8 @@ def main() -> None:
         manifest = write_manifest(scratch / "s0001.csv", [ManifestEntry(r["video_id"], (sample / r["video_file"]).as_uri())
                                                           for r in labels])
         clip = ClipParams(seconds=args.seconds, min_seconds=args.seconds)
-        download_shard(manifest, scratch / "raw", DownloadParams(scratch=str(scratch / "dl")), seconds=clip.seconds,
-                       progress=False)
+        download_shard(manifest, scratch / "raw", DownloadParams(scratch=str(scratch / "dl"), file_roots=(str(sample),)),
+                       seconds=clip.seconds, progress=False)
         clip_shard(scratch / "raw", scratch / "clips", clip, progress=False)
         save_random_clip(scratch / "clip-model", 0)
         visual = VisualFeatureParams(model=str(scratch / "clip-model"), device="cpu")

@@ -26,8 +26,8 @@ from pipeline.config import (ClipParams, CodesFeatureParams, ComputeParams, Down
 from pipeline.device import torch_threads
 from pipeline.engine import Journal, RayEngine, Work, fingerprint, journal_for
 from pipeline.features.codec import encodec_32khz_config, random_codec
-from pipeline.features.extract import (clip_inputs, codes_shard, flow_task, motion_shard, visual_shard,
-                                       write_feature_status)
+from pipeline.features.extract import (FEATURE_STATUS, FRAME_FEATURE_STATUS, clip_inputs, codes_shard, flow_task,
+                                       motion_shard, visual_shard, write_feature_status)
 from pipeline.features.visual import save_random_clip
 from pipeline.files import file_sha256
 from pipeline.separate import save_random_htdemucs, separate_shard
@@ -99,8 +99,8 @@ def run_shard(work: Path, sample, models, compute: ComputeParams | None) -> dict
     raw, clips, separated = work / "raw" / shard, work / "clips" / shard, work / "separated" / shard
     features = work / "features"
     download_shard(manifest(sample, work / f"{shard}.csv"), raw,
-                   DownloadParams(scratch=str(work / "scratch"), margin_seconds=0.5), seconds=clip.seconds,
-                   progress=False, compute=compute)
+                   DownloadParams(scratch=str(work / "scratch"), margin_seconds=0.5, file_roots=(str(sample[0]),)),
+                   seconds=clip.seconds, progress=False, compute=compute)
     clip_shard(raw, clips, clip, progress=False, compute=compute)
     separate_shard(clips, separated, SeparateParams(repo=str(models["demucs"]), model="tiny", device="cpu"),
                    target_rate=clip.target_rate, progress=False, compute=compute)
@@ -110,7 +110,8 @@ def run_shard(work: Path, sample, models, compute: ComputeParams | None) -> dict
             "codes": codes_shard(separated, features / "codes.parquet",
                                  CodesFeatureParams(codec=str(models["codec"]), device="cpu"), compute, progress=False)}
     for table, table_rows in rows.items():
-        write_feature_status(features / f"{table}.status.parquet", table_rows)
+        write_feature_status(features / f"{table}.status.parquet", table_rows,
+                             FEATURE_STATUS if table == "codes" else FRAME_FEATURE_STATUS)
     return {"raw": raw, "clips": clips, "separated": separated, "features": features}
 
 

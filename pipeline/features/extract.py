@@ -309,7 +309,7 @@ def _decode_sent(folder: Path, name: str, data: bytes, shown: str, **sample) -> 
 
 def clip_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
     """A CLIP actor's call (engine ray): items ``(clip name, mp4 bytes, seconds, driver path, visual params)``
-    -> float16 ``[N_v, 50, 768]`` tokens each, or the reason the clip could not be decoded.
+    -> ``(float16 [N_v, 50, 768] tokens, picture columns)`` each, or the reason the clip could not be decoded.
 
     As in :func:`extract_tables`, a thread decodes while CLIP runs, and CLIP's batches span the clips.
     """
@@ -319,7 +319,7 @@ def clip_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
         name, data, seconds, shown, visual = item
         frames = in_temp_dir(lambda folder: _decode_sent(folder, name, data, shown, rgb_fps=visual.fps,
                                                          gray_fps=None, seconds=seconds))
-        return frames if isinstance(frames, str) else preprocess(frames.rgb)
+        return frames if isinstance(frames, str) else (preprocess(frames.rgb), picture_columns(frames.picture))
 
     batch_size = batch[0][4].batch_size
     decoded, waiting, encoded = [], [], []
@@ -327,7 +327,7 @@ def clip_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
         for future in [decoder.submit(decode, item) for item in batch]:
             decoded.append(future.result())
             if not isinstance(decoded[-1], str):
-                waiting.append(decoded[-1])
+                waiting.append(decoded[-1][0])
             if waiting and (sum(p.shape[0] for p in waiting) >= batch_size or len(decoded) == len(batch)):
                 encoded.append(encode_frames(model, np.concatenate(waiting), batch_size))
                 waiting = []
@@ -337,19 +337,20 @@ def clip_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
         if isinstance(item, str):
             out.append(item)
         else:
-            out.append(tokens[offset:offset + item.shape[0]])
-            offset += item.shape[0]
+            pixels, picture = item
+            out.append((tokens[offset:offset + pixels.shape[0]], picture))
+            offset += pixels.shape[0]
     return out
 
 
 def flow_task(name: str, data: bytes, seconds: float, shown: str, flow: FlowFeatureParams) -> tuple | str:
-    """A Ray task (engine ray): one clip's quantized flow maps ``(q uint8 [N_m, S, S], scale [N_m])``, or the
-    reason it could not be decoded."""
+    """A Ray task (engine ray): one clip's quantized flow maps ``(q uint8 [N_m, S, S], scale [N_m], picture
+    columns)``, or the reason it could not be decoded."""
     frames = in_temp_dir(lambda folder: _decode_sent(folder, name, data, shown, rgb_fps=None, gray_fps=flow.fps,
                                                      seconds=seconds))
     if isinstance(frames, str):
         return frames
-    return quantize(flow_magnitudes(frames.gray, **flow_kwargs(flow)))
+    return (*quantize(flow_magnitudes(frames.gray, **flow_kwargs(flow))), picture_columns(frames.picture))
 
 
 def codes_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
@@ -418,11 +419,12 @@ def visual_shard(clips_dir: Path, out: Path, visual: VisualFeatureParams, comput
             elif isinstance(value, str):
                 rows.append(failed_row(video_id, "unreadable", value, rows=0, node=node))
             else:
-                n = value.shape[0]
+                tokens, picture = value
+                n = tokens.shape[0]
                 writer.write_clip(video_id, {"frame": np.arange(n, dtype=np.int32),
                                              "time": np.arange(n, dtype=np.float32) / visual.fps,
-                                             "tokens": tensor_column(value)})
-                rows.append(ok_row(video_id, rows=n, node=node))
+                                             "tokens": tensor_column(tokens)})
+                rows.append(ok_row(video_id, rows=n, **picture, node=node))
     journal.clear()
     return rows
 
@@ -447,12 +449,12 @@ def motion_shard(clips_dir: Path, out: Path, flow: FlowFeatureParams, compute: C
             elif isinstance(value, str):
                 rows.append(failed_row(video_id, "unreadable", value, rows=0, node=node))
             else:
-                q, scale = value
+                q, scale, picture = value
                 n = q.shape[0]
                 writer.write_clip(video_id, {"frame": np.arange(n, dtype=np.int32),
                                              "time": np.arange(n, dtype=np.float32) / flow.fps,
                                              "magnitude": tensor_column(q), "scale": scale})
-                rows.append(ok_row(video_id, rows=n, node=node))
+                rows.append(ok_row(video_id, rows=n, **picture, node=node))
     journal.clear()
     return rows
 
