@@ -34,6 +34,7 @@ from pipeline.features.codec import random_codec  # noqa: E402
 from pipeline.features.extract import codes_shard, motion_shard, visual_shard  # noqa: E402
 from pipeline.features.visual import save_random_clip  # noqa: E402
 from pipeline.separate import save_random_from_params, separate_shard  # noqa: E402
+from pipeline.status import summary  # noqa: E402
 from pipeline.synth import read_labels, render_sample_set  # noqa: E402
 from tests.raycluster import LocalCluster  # noqa: E402
 
@@ -51,15 +52,24 @@ def whole_shard(work: Path, manifest: Path, models: dict, clip: ClipParams, comp
     """Wall seconds of download .. codes of one shard."""
     start = time.perf_counter()
     raw, clips, separated = work / "raw", work / "clips", work / "separated"
-    download_shard(manifest, raw, DownloadParams(scratch=str(work / "scratch"), margin_seconds=0.5,
-                                                 file_roots=(str(manifest.parent / "sample"),)),
-                   seconds=clip.seconds, progress=False, compute=compute)
-    clip_shard(raw, clips, clip, progress=False, compute=compute)
-    separate_shard(clips, separated, models["separate"], target_rate=clip.target_rate, progress=False, compute=compute)
-    visual_shard(clips, work / "clip.parquet", models["visual"], compute, progress=False)
-    motion_shard(clips, work / "flow.parquet", FlowFeatureParams(), compute, progress=False)
-    codes_shard(separated, work / "codes.parquet", models["codes"], compute, progress=False)
-    return time.perf_counter() - start
+    stages = {
+        "download": download_shard(manifest, raw, DownloadParams(scratch=str(work / "scratch"), margin_seconds=0.5,
+                                                                 file_roots=(str(manifest.parent / "sample"),)),
+                                   seconds=clip.seconds, progress=False, compute=compute)}
+    stages["clip"] = clip_shard(raw, clips, clip, progress=False, compute=compute)
+    stages["separate"] = separate_shard(clips, separated, models["separate"], target_rate=clip.target_rate,
+                                        progress=False, compute=compute)
+    stages["visual"] = visual_shard(clips, work / "clip.parquet", models["visual"], compute, progress=False)
+    stages["motion"] = motion_shard(clips, work / "flow.parquet", FlowFeatureParams(), compute, progress=False)
+    stages["codes"] = codes_shard(separated, work / "codes.parquet", models["codes"], compute, progress=False)
+    elapsed = time.perf_counter() - start
+    # A time of work that failed would mean nothing.
+    for stage, rows in stages.items():
+        if not rows or any(row["status"] != "ok" for row in rows):
+            failed = next((row for row in rows if row["status"] != "ok"), {})
+            raise SystemExit(f"scale.py: stage {stage} did not finish every clip: {summary(rows)}; "
+                             f"first: {failed.get('error_message')}")
+    return elapsed
 
 
 def main() -> None:
