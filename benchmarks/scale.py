@@ -84,6 +84,9 @@ def main() -> None:
     import ray
 
     cpus = os.cpu_count() or 1
+    # (a)'s Ray and (b)'s loopback cluster share this process, which keeps the auth mode of its first
+    # ray.init: both run without token authentication (else (b)'s workers cannot fetch the driver's objects).
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     with tempfile.TemporaryDirectory(prefix="v2m-scale-", dir="/tmp") as scratch_name:
         scratch = Path(scratch_name)
         sample = scratch / "sample"
