@@ -64,7 +64,8 @@ def sample_top_k(logits: torch.Tensor, top_k: int | None = 250, temperature: flo
 @torch.no_grad()
 def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float = 3.0, top_k: int | None = 250,
                    temperature: float = 1.0, generator: torch.Generator | None = None,
-                   prompt: torch.Tensor | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+                   prompt: torch.Tensor | None = None, callback: StepCallback | None = None,
+                   aligned: torch.Tensor | None = None) -> torch.Tensor:
     """Sample ``steps`` code frames given the condition ``Z``, with the decoder's KV cache.
 
     Args:
@@ -76,6 +77,9 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
         prompt: long ``[B, K, T0]`` codes that the output continues (forced, not returned).
         callback: called as ``callback(position, logits [B, K, C])`` with the guided logits of
             every delayed position ``s`` that is predicted (``T0 + 1 .. T0 + steps + K - 1``).
+        aligned: the aligned features ``[B, T0 + steps, M]`` of a model with ``aligned_condition``
+            (``model.conditions``; row ``t`` for code time ``t``, the prompt's included); the null
+            half of guidance gets none.
 
     Returns:
         long ``[B, K, steps]``: the codes after the prompt.
@@ -104,16 +108,20 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
 
     guided = cfg != 1.0
     cond = torch.cat([z, torch.zeros_like(z)]) if guided else z
-    decoder = model.decoder
+    if aligned is not None:
+        if aligned.shape[:2] != (b, total):
+            raise ValueError(f"aligned features must be [{b}, {total}, M] (prompt + steps), got {tuple(aligned.shape)}")
+        aligned = torch.cat([aligned, torch.zeros_like(aligned)]) if guided else aligned
     with evaluating(model):
         cache = None
         start = known + 1  # positions 0 .. known carry only the start step and prompt codes
         for position in range(start, total + k):
-            inputs = seq[:, :, :position] if cache is None else seq[:, :, position - 1:position]
+            first = 0 if cache is None else position - 1
+            inputs = seq[:, :, first:position]
             if guided:
                 inputs = torch.cat([inputs, inputs])
-            out = decoder(input_ids=inputs.reshape(-1, inputs.shape[-1]), encoder_hidden_states=cond,
-                          cache=cache, use_cache=True)
+            out = model.run_decoder(inputs.reshape(-1, inputs.shape[-1]), cond, aligned, first_position=first,
+                                    cache=cache, use_cache=True)
             cache = out.cache
             logits = out.logits.reshape(inputs.shape[0], k, inputs.shape[-1], -1)[:, :, -1].float()
             if guided:
@@ -146,8 +154,10 @@ def generate(model: V2MModel, visual: torch.Tensor, motion: torch.Tensor | None 
         long ``[B, K, steps]``.
     """
     config = model.config
-    with evaluating(model):
-        z = model.condition(visual, motion)
     if steps is None:
         steps = round(visual.shape[1] / config.visual_fps * config.codes_rate)
-    return generate_codes(model, z, steps, **kwargs)
+    prompt = kwargs.get("prompt")
+    known = prompt.shape[2] if prompt is not None else 0
+    with evaluating(model):
+        z, aligned = model.conditions(visual, motion, known + steps)
+    return generate_codes(model, z, steps, aligned=aligned, **kwargs)
