@@ -112,5 +112,15 @@ def read_labels(directory: Path | str) -> list[dict]:
     return pq.read_table(Path(directory) / LABELS_FILE).to_pylist()
 
 
-__all__ = ["ClipSpec", "render_clip", "render_sample_set", "read_labels", "sample_clip_spec", "label_row",
+def read_event_times(directory: Path | str) -> dict[str, list[float]] | None:
+    """Clip id -> motion event times (seconds) of a set, or None when it has no labels.parquet or a
+    labels file from before events (no ``event_times`` column)."""
+    path = Path(directory) / LABELS_FILE
+    if not path.is_file() or "event_times" not in pq.read_schema(path).names:
+        return None
+    table = pq.read_table(path, columns=["video_id", "event_times"]).to_pydict()
+    return {v: [float(t) for t in times] for v, times in zip(table["video_id"], table["event_times"])}
+
+
+__all__ = ["ClipSpec", "render_clip", "render_sample_set", "read_labels", "read_event_times", "sample_clip_spec", "label_row",
            "LABELS_FILE"]
