@@ -5,11 +5,11 @@ With v2m-synth's labels (data/sample/labels.parquet, the sample stage's) the fig
 
 import logging
 
-from pipeline.errors import user_errors
 from pipeline.config import load_params
+from pipeline.embedded import SAMPLE_DIR
+from pipeline.errors import user_errors
 from pipeline.synth import read_event_times
 from pipeline.train.experiment import run_training
-from stages.sample import OUT as SAMPLE_DIR
 
 SECTIONS = ("data", "features", "model", "train", "split")
 
