@@ -45,7 +45,7 @@ run resumes from its last checkpoint. Each run's exported EMA weights stay in ``
 Nothing is written into data/, models/ or metrics/.
 
 Usage: python benchmarks/learning.py [--clips 96] [--steps 300] [--seeds 3] [--other-seeds 1] [--first-seed 0]
-                                     [--figures video,oracle,motion] [--work .cache/v2m/learning]
+                                     [--figures video,oracle,motion] [--modes false,true] [--work .cache/v2m/learning]
                                      [--out learning.json] [--resume]
 """
 

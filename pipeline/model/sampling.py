@@ -143,7 +143,8 @@ def _prompt_positions(k: int, known: int, total: int, device) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: V2MModel, visual: torch.Tensor, motion: torch.Tensor | None = None, steps: int | None = None,
              **kwargs) -> torch.Tensor:
-    """Codes for a video: ``model.condition`` then :func:`generate_codes`.
+    """Codes for a video: ``model.conditions`` (Z, and the aligned features when the model has them)
+    then :func:`generate_codes`.
 
     Args:
         visual, motion: as for ``model.condition``.
