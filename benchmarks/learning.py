@@ -16,14 +16,19 @@ segments, lr 1e-3) unless an option says otherwise:
     trained with ``model.use_motion=false``; labels are shuffled across clips exactly as videos
     are. ``video_info_gain / oracle_gain`` says how much of what the labels can tell the video
     tells. (The labels carry no beat phase; the video's scene cuts, on chord changes, do.)
-(c) ``motion_gain`` on the motion-only variant of v2m-synth (no scene cuts: only the objects'
-    speed depends on the tempo) = ce_true(``use_motion=false``) - ce_true(``use_motion=true``).
-    What it can show is bounded by what the tempo is worth to a next-token decoder that hears the
-    music so far: label oracles (as in (b)) told the bpm, or which clips have drums, or a whole
-    tempo-bound arrangement, did no better than ones without it, within the ~0.05 nats/token that
-    runs differ by (issue 5's notes); so expect ~0 here at this budget.
+(c) ``motion_gain`` on the motion-only variant of v2m-synth (no scene cuts: only the motion
+    shows the tempo and the events) = ce_true(``use_motion=false``) - ce_true(``use_motion=true``),
+    all code frames. A tempo constant over the clip is worth ~0 to a decoder that hears the music
+    so far (issue 5's oracles); the events (the shapes lurch, an accent hits) are what the picture
+    tells and the audio history cannot.
+(d) ``event_gain`` and ``sync_gain`` of the (a) runs (``pipeline.train.experiment.sync_figures``):
+    ce(motion shifted in time by half the segment) - ce(true motion), same model, on the code frames
+    of the event onsets (onset frame + next) / on all code frames. Targets for the better mode:
+    event_gain >= 0.5 (mean) and > 0 every seed; sync_gain and motion_gain > 0 every seed.
 
-``--figures`` picks which of (a), (b), (c) to run (default all three).
+(a), (c) and (d) run for each ``--modes`` value of ``model.aligned_condition`` (default both: false
+is the paper's model, true adds the time-aligned features to the decoder's input); (b) in the
+paper's mode. ``--figures`` picks which of video (a + d), oracle (b), motion (c) to run (default all).
 
 Data, built as the stages build it: v2m-synth rendered by ``render_sample_set`` (``--clips``
 clips of ``sample.seconds``, features over the first ``clip.seconds``); CLIP ViT-B/32 tokens from
@@ -40,7 +45,7 @@ run resumes from its last checkpoint. Each run's exported EMA weights stay in ``
 Nothing is written into data/, models/ or metrics/.
 
 Usage: python benchmarks/learning.py [--clips 96] [--steps 300] [--seeds 3] [--other-seeds 1] [--first-seed 0]
-                                     [--figures video,oracle,motion] [--work .cache/v2m/learning]
+                                     [--figures video,oracle,motion] [--modes false,true] [--work .cache/v2m/learning]
                                      [--out learning.json] [--resume]
 """
 
@@ -76,7 +81,7 @@ from pipeline.train.experiment import code_fingerprint, run_identity, run_traini
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = "s0000"
-FORMAT = 2               # bump when the cached feature layout below or what v2m-synth renders changes
+FORMAT = 3               # bump when the cached feature layout below or what v2m-synth renders changes
 TARGET_RATE = 32_000
 BPM_BINS = 32
 FIGURES = ("video", "oracle", "motion")
@@ -201,12 +206,13 @@ def build_oracle(data: dict, sample, visual_params) -> Path:
 
 
 def train_run(work: Path, run: str, feature_root: Path, params: dict, *, seed: int, use_motion: bool,
-              steps: int, data_stamp: dict, resume: bool) -> dict:
+              steps: int, data_stamp: dict, resume: bool, aligned: bool = False,
+              event_times: dict[str, list[float]] | None = None) -> dict:
     """One training run (the train stage's code) and its held-out figures.
 
     Fresh unless ``resume``: then a finished run's saved result (same settings, data and model code) is reused
     and an unfinished one resumes from its last checkpoint (``train.checkpoint_every`` steps)."""
-    model = dataclasses.replace(params["model"], seed=seed, use_motion=use_motion)
+    model = dataclasses.replace(params["model"], seed=seed, use_motion=use_motion, aligned_condition=aligned)
     train = dataclasses.replace(params["train"], seed=seed, max_steps=steps,
                                 warmup_steps=min(params["train"].warmup_steps, max(steps // 10, 1)))
     dirs = {"work_root": work / "train" / run, "live_dir": work / "live" / run, "export_dir": work / "models" / run}
@@ -224,7 +230,8 @@ def train_run(work: Path, run: str, feature_root: Path, params: dict, *, seed: i
             shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
     result = run_training(model_params=model, train_params=train, features=params["features"], split=params["split"],
-                          shards=[SHARD], feature_root=feature_root, metrics_file=None, progress=False, **dirs)
+                          shards=[SHARD], feature_root=feature_root, metrics_file=None, progress=False,
+                          event_times=event_times, **dirs)
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["seed"] = seed
     with atomic_path(saved) as temp:
@@ -254,6 +261,8 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (to add seeds to a run)")
     parser.add_argument("--other-seeds", type=int, default=1,
                         help="training seeds of the oracle and motion figures (each run is ~2.5 min on 2 cores)")
+    parser.add_argument("--modes", default="false,true",
+                        help="model.aligned_condition values to run (a), (c), (d) with, comma separated")
     parser.add_argument("--figures", default=",".join(FIGURES),
                         help="which figures to run, comma separated: video (a), oracle (b), motion (c)")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache/v2m/learning",
@@ -267,6 +276,9 @@ def main() -> None:
     unknown = sorted(set(wanted) - set(FIGURES))
     if unknown or not wanted:
         parser.error(f"--figures: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FIGURES)}")
+    modes = [{"true": True, "false": False}.get(m.strip().lower()) for m in args.modes.split(",") if m.strip()]
+    if not modes or None in modes:
+        parser.error(f"--modes: give true and/or false, got {args.modes!r}")
     work = args.work.resolve()
     for guarded in (ROOT / "data", ROOT / "models", ROOT / "metrics"):
         if work == guarded or guarded in work.parents:
@@ -307,66 +319,100 @@ def main() -> None:
         groups = assign([r["video_id"] for r in data["labels"]], split)
         log(f"[data] {name}: {len(groups['train'])} train / {len(groups['val'])} val / {len(groups['test'])} test clips")
 
-    plan = []
+    plan = []   # (kind, set, feature root, use_motion, aligned, seed)
     if "video" in wanted:
-        plan += [("video", "synth", sets["synth"]["root"] / "features", True, s) for s in seeds]
+        plan += [("video", "synth", sets["synth"]["root"] / "features", True, a, s) for a in modes for s in seeds]
     if "oracle" in wanted:
         oracle_root = build_oracle(sets["synth"], sample, features.clip)
-        plan += [("oracle", "synth", oracle_root, False, s) for s in other_seeds]
+        plan += [("oracle", "synth", oracle_root, False, False, s) for s in other_seeds]
     if "motion" in wanted:
         plan += [(f"motion-{'on' if on else 'off'}", "synth-motion-only", sets["synth-motion-only"]["root"] / "features",
-                  on, s) for s in other_seeds for on in (False, True)]
+                  on, a, s) for a in modes for s in other_seeds for on in (False, True)]
     runs = []
-    for kind, set_name, root, use_motion, seed in plan:
-        name = f"{kind}-seed{seed}"
+    for kind, set_name, root, use_motion, aligned, seed in plan:
+        name = f"{kind}{'-aligned' if aligned else ''}-seed{seed}"
+        events = {r["video_id"]: list(r["event_times"]) for r in sets[set_name]["labels"]}
         result = train_run(work, name, root, params, seed=seed, use_motion=use_motion, steps=steps,
-                           data_stamp=sets[set_name]["stamp"], resume=args.resume)
-        result.update(run=name, kind=kind, set=set_name)
+                           data_stamp=sets[set_name]["stamp"], resume=args.resume, aligned=aligned,
+                           event_times=events)
+        result.update(run=name, kind=kind, set=set_name, aligned=aligned)
         runs.append(result)
-        log(f"[run] {name:<18} ce_true {result['ce_true']:.4f}  ce_shuffled {result['ce_shuffled']:.4f}  "
-            f"gain {result['video_info_gain']:+.4f}  ({result['held_out_clips']} held-out clips, "
+        timing = (f"  event_gain {result['event_gain']:+.4f}  sync_gain {result['sync_gain']:+.4f}"
+                  if result.get("event_gain") is not None else "")
+        log(f"[run] {name:<26} ce_true {result['ce_true']:.4f}  ce_shuffled {result['ce_shuffled']:.4f}  "
+            f"gain {result['video_info_gain']:+.4f}{timing}  ({result['held_out_clips']} held-out clips, "
+            f"{result['held_out_events']} events, "
             f"{result['seconds']:.0f} s{', saved result reused' if result.get('reused') else ''})")
 
-    by = {kind: {r["seed"]: r for r in runs if r["kind"] == kind}
-          for kind in ("video", "oracle", "motion-off", "motion-on")}
+    def mode_name(aligned: bool) -> str:
+        return "aligned" if aligned else "paper"
+
+    by = {(kind, a): {r["seed"]: r for r in runs if r["kind"] == kind and r["aligned"] == a}
+          for kind in ("video", "oracle", "motion-off", "motion-on") for a in (False, True)}
     figures, passed = {}, {}
     if "video" in wanted:
-        video = [by["video"][s]["video_info_gain"] for s in seeds]
-        figures["video_info_gain"] = {"per_seed": dict(zip(map(str, seeds), video)), **spread(video)}
-        passed["video_info_gain >= 0.1 (every seed)"] = min(video) >= 0.1
+        for a in modes:
+            video = [by["video", a][s]["video_info_gain"] for s in seeds]
+            key = "video_info_gain" if not a else "video_info_gain_aligned"
+            figures[key] = {"per_seed": dict(zip(map(str, seeds), video)), **spread(video)}
+            passed[f"{key} >= 0.1 (every seed)"] = min(video) >= 0.1
+            for name in ("event_gain", "sync_gain"):
+                values = [by["video", a][s][name] for s in seeds]
+                if None in values:
+                    continue
+                figures.setdefault(name, {})[mode_name(a)] = {"per_seed": dict(zip(map(str, seeds), values)),
+                                                              **spread(values)}
+            if "event_gain" in figures and mode_name(a) in figures["event_gain"]:
+                ev = figures["event_gain"][mode_name(a)]
+                passed[f"event_gain >= 0.5 mean, > 0 every seed ({mode_name(a)})"] = ev["mean"] >= 0.5 and ev["min"] > 0
+                passed[f"sync_gain > 0 every seed ({mode_name(a)})"] = figures["sync_gain"][mode_name(a)]["min"] > 0
     if "oracle" in wanted:
         oracle = [by["oracle"][s]["video_info_gain"] for s in other_seeds]
         figures["oracle_gain"] = {"per_seed": dict(zip(map(str, other_seeds), oracle)), **spread(oracle)}
-        if "video" in wanted:
-            figures["video_over_oracle"] = (round(statistics.fmean(video) / statistics.fmean(oracle), 4)
+        if "video_info_gain" in figures:
+            paper_video = figures["video_info_gain"]["mean"]
+            figures["video_over_oracle"] = (round(paper_video / statistics.fmean(oracle), 4)
                                             if statistics.fmean(oracle) else None)
     if "motion" in wanted:
-        motion = [round(by["motion-off"][s]["ce_true"] - by["motion-on"][s]["ce_true"], 6) for s in other_seeds]
-        figures["motion_gain"] = {"per_seed": dict(zip(map(str, other_seeds), motion)), **spread(motion)}
-        passed["motion_gain > 0 (every seed)"] = all(x > 0 for x in motion)
+        for a in modes:
+            motion = [round(by["motion-off", a][s]["ce_true"] - by["motion-on", a][s]["ce_true"], 6)
+                      for s in other_seeds]
+            figures.setdefault("motion_gain", {})[mode_name(a)] = {"per_seed": dict(zip(map(str, other_seeds), motion)),
+                                                                   **spread(motion)}
+            passed[f"motion_gain > 0 every seed ({mode_name(a)})"] = all(x > 0 for x in motion)
 
     print()
-    print(f"{'run':<18} {'set':<18} {'condition':<9} {'motion':<6} {'ce_true':>8} {'ce_shuf':>8} {'gain':>8} "
-          f"{'held-out':>8} {'time':>6}")
+    def fmt(value) -> str:
+        return f"{value:+8.4f}" if value is not None else f"{'-':>8}"
+
+    print(f"{'run':<26} {'set':<18} {'condition':<9} {'motion':<6} {'aligned':<7} {'ce_true':>8} {'ce_shuf':>8} "
+          f"{'gain':>8} {'event':>8} {'sync':>8} {'held-out':>8} {'time':>6}")
     for r in runs:
         condition = "labels" if r["kind"] == "oracle" else "video"
-        print(f"{r['run']:<18} {r['set']:<18} {condition:<9} {'yes' if r['use_motion'] else 'no':<6} "
-              f"{r['ce_true']:8.4f} {r['ce_shuffled']:8.4f} {r['video_info_gain']:+8.4f} "
+        print(f"{r['run']:<26} {r['set']:<18} {condition:<9} {'yes' if r['use_motion'] else 'no':<6} "
+              f"{'yes' if r['aligned'] else 'no':<7} {r['ce_true']:8.4f} {r['ce_shuffled']:8.4f} "
+              f"{r['video_info_gain']:+8.4f} {fmt(r.get('event_gain'))} {fmt(r.get('sync_gain'))} "
               f"{r['held_out_segments']:8d} {r['seconds']:5.0f}s{' (reused)' if r.get('reused') else ''}")
     print()
-    print("held-out cross-entropy in nats/token; gain = ce_shuffled - ce_true (videos or labels of other clips)")
-    if "video_info_gain" in figures:
-        print(f"(a) video_info_gain   {spread_text(figures['video_info_gain'])}   target >= 0.1: "
-              f"{'PASS' if passed['video_info_gain >= 0.1 (every seed)'] else 'FAIL'} (every seed)")
+    print("held-out cross-entropy in nats/token; gain = ce_shuffled - ce_true (videos or labels of other clips); "
+          "event / sync = ce(motion shifted by half the segment) - ce(true motion) on event onset frames / all frames")
+    for key in ("video_info_gain", "video_info_gain_aligned"):
+        if key in figures:
+            print(f"(a) {key:<24} {spread_text(figures[key])}   target >= 0.1: "
+                  f"{'PASS' if passed[f'{key} >= 0.1 (every seed)'] else 'FAIL'} (every seed)")
     if "oracle_gain" in figures:
         print(f"(b) oracle_gain       {spread_text(figures['oracle_gain'])}   (labels key, mode, bpm; "
               f"same model/budget)")
     if "video_over_oracle" in figures:
         print(f"    video_info_gain / oracle_gain = {figures['video_over_oracle']}")
-    if "motion_gain" in figures:
-        print(f"(c) motion_gain       {spread_text(figures['motion_gain'])}   = ce_true(w/o motion) - ce_true(with "
-              f"motion), motion-only set: {'POSITIVE' if passed['motion_gain > 0 (every seed)'] else 'NOT positive'} "
-              f"for every seed")
+    for mode, spread_ in figures.get("motion_gain", {}).items():
+        print(f"(c) motion_gain [{mode:<7}] {spread_text(spread_)}   = ce_true(w/o motion) - ce_true(with motion), "
+              f"motion-only set: {'POSITIVE' if spread_['min'] > 0 else 'NOT positive'} for every seed")
+    for name in ("event_gain", "sync_gain"):
+        for mode, spread_ in figures.get(name, {}).items():
+            print(f"(d) {name} [{mode:<7}] {spread_text(spread_)}")
+    for name, ok in passed.items():
+        print(f"    {'PASS' if ok else 'FAIL'}  {name}")
     total = time.perf_counter() - began
     reused = sum(bool(r.get("reused")) for r in runs)
     print(f"total {total / 60:.1f} min; {len(runs)} runs of {steps} steps, {sum(r['seconds'] for r in runs) / 60:.1f} "
@@ -375,7 +421,7 @@ def main() -> None:
     if args.out is not None:
         report = {"config": {"clips": args.clips, "sample": as_dict(sample), "clip_seconds": clip.seconds,
                              "features": as_dict(features), "split": as_dict(split), "model": as_dict(m),
-                             "train": as_dict(t), "steps": steps, "seeds": seeds,
+                             "train": as_dict(t), "steps": steps, "seeds": seeds, "modes": modes,
                              "targets": "clean accompaniment stems, 32 kHz mono (no Demucs)"},
                   "figures": figures, "passed": passed,
                   "data_seconds": {name: d["seconds"] for name, d in sets.items()},

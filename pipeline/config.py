@@ -229,8 +229,16 @@ class SampleParams:
     bpm_min: float = param(70.0, lo=30.0, hi=240.0, doc="slowest tempo drawn")
     bpm_max: float = param(150.0, lo=30.0, hi=240.0, doc="fastest tempo drawn")
     vocal_gain: float = param(0.5, lo=0.0, hi=2.0, doc="vocal stand-in level relative to the accompaniment")
+    events_per_second: float = param(1.0, lo=0.0, hi=4.0,
+                                     doc="motion events (shapes jump + a percussive accent) per second; 0 = none")
+    event_min_gap: float = param(0.5, lo=0.0, hi=60.0, doc="least time between two events, seconds")
+    event_grid: float = param(0.25, lo=0.02, hi=10.0,
+                              doc="events fall on multiples of this (0.25 s: the flow interval at 4 fps)")
 
     def __post_init__(self) -> None:
+        check(self.events_per_second == 0 or self.event_min_gap < 1.0 / self.events_per_second,
+              "sample.event_min_gap", f"must be below 1 / sample.events_per_second "
+              f"({self.event_min_gap} >= {1.0 / max(self.events_per_second, 1e-9):g}): that rate cannot be drawn")
         check(self.width % 2 == 0, "sample.width", f"must be even for H.264 4:2:0, got {self.width}")
         check(self.height % 2 == 0, "sample.height", f"must be even for H.264 4:2:0, got {self.height}")
         check(self.bpm_min <= self.bpm_max, "sample.bpm_min",
@@ -445,6 +453,8 @@ class ModelParams:
     use_motion: bool = param(True, doc="false = the paper's w/o-motion ablation (visual branch only)")
     tokens_per_frame: int = param(2, lo=1, hi=16, doc="P: conditioning tokens per visual frame")
     condition_dropout: float = param(0.1, lo=0.0, hi=1.0, doc="share of training segments with the video hidden (CFG)")
+    aligned_condition: bool = param(False, doc="also add the per-time video features to the decoder's input "
+                                               "embeddings on the code grid (beyond the paper); false = the paper")
     pretrained_decoder: str = param("", doc="facebook/musicgen-small folder to load the decoder from; empty = random")
     train_decoder: bool = param(True, doc="false freezes the MusicGen decoder (the codec and CLIP are always frozen)")
     seed: int = param(0, lo=0, doc="seed of the initial weights")

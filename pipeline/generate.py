@@ -206,8 +206,6 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
     generator_rng = torch.Generator(device="cpu").manual_seed(params.seed)
     codes = torch.zeros(k, 0, dtype=torch.long)
     windows = []
-    per_step_visual = config.visual_fps / config.codes_rate
-    per_step_motion = config.motion_fps / config.codes_rate
 
     def on_step(position: int, logits: torch.Tensor) -> None:
         bar.update(1)
@@ -218,17 +216,17 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
     try:
         for start, prompt, new in plan:
             end = start + prompt + new
-            window_visual = visual[_frames_of(start, end, per_step_visual)][None].to(generator.device)
-            window_motion = None
-            if motion is not None:
-                window_motion = motion[_frames_of(start, end, per_step_motion)][None].to(generator.device)
+            window_visual, window_motion = window_frames(visual, motion, start, end, config)
+            window_visual = window_visual[None].to(generator.device)
+            window_motion = window_motion[None].to(generator.device) if window_motion is not None else None
             with torch.no_grad():
-                z = model.condition(window_visual, window_motion)
+                # the window's code time 0 is its start: the aligned features are those of its own frames
+                z, aligned = model.conditions(window_visual, window_motion, prompt + new)
             prompt_codes = codes[:, codes.shape[1] - prompt:][None] if prompt else None
             with torch_threads(threads if generator.device == "cpu" else 0):
                 out = generate_codes(model, z, new, cfg=params.cfg, top_k=params.top_k or None,
                                      temperature=params.temperature, generator=generator_rng, prompt=prompt_codes,
-                                     callback=on_step, static_cache=params.static_kv_cache)
+                                     callback=on_step, static_cache=params.static_kv_cache, aligned=aligned)
             codes = torch.cat([codes, out[0].cpu()], dim=1)
             windows.append((start / config.codes_rate, end / config.codes_rate))
     finally:
@@ -240,6 +238,18 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
     audio, gain_db = normalize_loudness(audio, generator.sample_rate, params.loudness_lufs, params.peak_dbfs)
     return Music(audio=audio, sample_rate=generator.sample_rate, codes=codes.numpy(), seconds=seconds,
                  windows=windows, gain_db=gain_db, picture=extracted.picture)
+
+
+def window_frames(visual: torch.Tensor, motion: torch.Tensor | None, start: int, end: int, config: V2MConfig
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The frames of the window of code steps ``start .. end``, by absolute time: ``visual [N_v, ...]``
+    and ``motion [N_m, ...]`` (or None) of the whole video -> the window's, its first frames those at
+    ``start / codes_rate`` seconds (the window's code time 0, for the aligned features too)."""
+    window_visual = visual[_frames_of(start, end, config.visual_fps / config.codes_rate)]
+    window_motion = None
+    if motion is not None:
+        window_motion = motion[_frames_of(start, end, config.motion_fps / config.codes_rate)]
+    return window_visual, window_motion
 
 
 def _frames_of(start: int, end: int, frames_per_step: float) -> slice:

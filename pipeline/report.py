@@ -105,6 +105,15 @@ BENCHMARK_MEANINGS = {
     "oracle_gain": "the same decoder conditioned on the true labels (key, mode, tempo) instead of the video: "
                    "the information available (nats/token)",
     "motion_gain": "motion-only sample set: ce without the motion branch − ce with it (nats/token)",
+    "sync_gain": "ce with the motion shifted in time by half the segment − ce with the true motion, every code "
+                 "frame (nats/token); > 0 means the model uses when the motion happens",
+    "event_gain": "the same difference on the code frames of the video's motion events only (onset frame + the "
+                  "next; nats/token): the model knows when the accent comes",
+    "event_reason": "why event_gain is not computed",
+    "held_out_events": "labelled motion events inside the held-out segments",
+    "ce_true_events": "held-out cross-entropy on the event onset frames, true motion (nats/token)",
+    "ce_shifted_events": "held-out cross-entropy on the event onset frames, motion shifted by half the segment "
+                         "(nats/token)",
 }
 
 CSS = """

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline import media
 from pipeline.audio import integrated_loudness, normalize_loudness
@@ -167,3 +168,31 @@ def test_bad_options_exit_with_one_clear_line(args, message, videos, model_dir, 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "error" in lines[0] and message in lines[0], result.stderr
+
+
+def test_a_window_starting_at_4_s_sees_the_features_from_4_s():
+    """Windows take their frames by absolute time: with the aligned path, the window that starts at
+    4.0 s (code step 200) gets, at its code time 0, the motion map of 4.0 s (map 16) and not the one before."""
+    from pipeline.generate import window_frames
+    from pipeline.model import V2MModel, tiny_config
+
+    torch.manual_seed(0)
+    model = V2MModel(tiny_config(motion_size=64, motion_patch=16, aligned_condition=True)).eval()
+    with torch.no_grad():
+        for p in model.aligned.parameters():
+            p.normal_(0, 0.2)
+    g = torch.Generator().manual_seed(1)
+    visual, motion = torch.randn(16, 50, 768, generator=g), torch.rand(32, 64, 64, generator=g)   # 8 s
+
+    def row0(motion_maps: torch.Tensor) -> torch.Tensor:
+        v, m = window_frames(visual, motion_maps, 200, 400, model.config)
+        assert v.shape[0] == 8 and m.shape[0] == 16
+        with torch.no_grad():
+            return model.conditions(v[None], m[None], 200)[1][0, 0]
+
+    base = row0(motion)
+    at_4s, before = motion.clone(), motion.clone()
+    at_4s[16] += 3.0
+    before[15] += 3.0
+    assert not torch.allclose(row0(at_4s), base, atol=1e-5)
+    assert torch.equal(row0(before), base)

@@ -17,7 +17,7 @@ from pipeline.features import codec
 from pipeline.model import (PARTS, CrossAttentionFusion, MotionEncoder, V2MConfig, V2MModel, VisualEncoder,
                             apply_delay, build_model, codebook_cross_entropy, generate, generate_codes,
                             load_pretrained_decoder, preset_config, sample_top_k, tiny_config, undo_delay)
-from pipeline.model.encoders import temporal_code
+from pipeline.model.encoders import AlignedCondition, code_grid, temporal_code
 from pipeline.model.sampling import guide
 
 K, C, PAD = 4, 2048, 2048
@@ -324,7 +324,7 @@ def test_pretrained_decoder_errors(tmp_path):
 
 # ------------------------------------------------------------------------------------------ sampling
 
-def reference_sample(m: V2MModel, z, steps, *, cfg, top_k, generator, prompt=None):
+def reference_sample(m: V2MModel, z, steps, *, cfg, top_k, generator, prompt=None, aligned=None):
     """A naive sampler: the whole delayed sequence through the decoder at every step, no cache."""
     b = z.shape[0]
     prompt = torch.zeros(b, K, 0, dtype=torch.long) if prompt is None else prompt
@@ -335,7 +335,7 @@ def reference_sample(m: V2MModel, z, steps, *, cfg, top_k, generator, prompt=Non
             if 0 <= s - 1 - k < known:
                 seq[:, k, s] = prompt[:, k, s - 1 - k]
     for s in range(known + 1, total + K):
-        cond = m.decoder_logits(seq[:, :, :s], z)[:, :, -1]
+        cond = m.decoder_logits(seq[:, :, :s], z, aligned)[:, :, -1]
         if cfg != 1.0:
             uncond = m.decoder_logits(seq[:, :, :s], torch.zeros_like(z))[:, :, -1]
             cond = uncond + cfg * (cond - uncond)
@@ -446,3 +446,113 @@ def test_parameter_counts_of_the_presets(capsys):
     assert 440e6 < counts["total"] < 500e6  # the paper reports 487M for Model-S
     assert small.decoder.config.num_hidden_layers == 24 and small.decoder.config.hidden_size == 1024
     assert tiny["decoder"] < 3e6 and tiny["total"] < 5e6
+
+
+# ------------------------------------------------------------------------------------------ aligned condition
+
+def aligned_model(seed: int = 0, **overrides) -> V2MModel:
+    """A model with the aligned path, its zero-initialised weights made random (else it adds nothing)."""
+    m = make_model(seed, aligned_condition=True, **overrides)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for p in m.aligned.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return m
+
+
+def test_code_grid_of_the_feature_rates():
+    frame, phase = code_grid(51, 4.0, 50.0)
+    # 0.25 s = 12.5 code frames: map j covers the code frames that start in [j / 4, (j + 1) / 4)
+    assert frame[:13].tolist() == [0] * 13 and frame[13:25].tolist() == [1] * 12 and frame[25:38].tolist() == [2] * 13
+    assert phase[:13].tolist() == list(range(13)) and phase[13:25].tolist() == list(range(12))
+    frame, phase = code_grid(50, 2.0, 50.0)
+    assert frame[:25].tolist() == [0] * 25 and frame[25:].tolist() == [1] * 25 and phase[24] == 24
+    fresh = make_model(aligned_condition=True)
+    assert all(float(p.detach().abs().max()) == 0 for p in fresh.aligned.parameters())   # opens as it learns
+
+
+def test_a_motion_feature_at_t_reaches_exactly_the_positions_of_code_times_in_its_frame():
+    """A constructed example: only motion map j = 3 (0.75 s) is non-zero, and only the motion projection's
+    weight is on; through the delay pattern, the input positions and the code times whose predictions change
+    are exactly those of code times in [0.75 s, 1.0 s): code frames 38 .. 49."""
+    m = aligned_model()
+    with torch.no_grad():
+        for part in (m.aligned.visual, m.aligned.change, m.aligned.phase):
+            for p in part.parameters():
+                p.zero_()
+        m.aligned.motion.bias.zero_()       # content-free; it would reach every frame
+    path = AlignedCondition(m.config.visual_dim, m.config.motion_dim, m.config.decoder_dim, 2.0, 4.0, 50.0)
+    path.load_state_dict(m.aligned.state_dict())
+    f = torch.zeros(1, 4, m.config.motion_dim)
+    f[0, 3] = torch.randn(m.config.motion_dim)
+    aligned = path(torch.zeros(1, 2, m.config.visual_dim), f, 50)
+    rows = aligned.abs().sum(-1)[0] > 0
+    assert rows.nonzero().flatten().tolist() == list(range(38, 50))
+    # what reaches the decoder's input embeddings, position by position (delayed layout of 50 + K - 1)
+    codes = torch.randint(0, C, (1, K, 50), generator=torch.Generator().manual_seed(0))
+    delayed = apply_delay(codes, PAD)[0][:, :, :-1]
+    seen = []
+    hook = m.decoder.model.decoder.embed_tokens[0].register_forward_hook(
+        lambda mod, args, out: seen.append(m._aligned_input.clone()))
+    try:
+        z = torch.zeros(1, 4, m.config.decoder_dim)
+        with_features = undo_delay(m.decoder_logits(delayed, z, aligned), offset=0)
+    finally:
+        hook.remove()
+    added = seen[0].abs().sum(-1)[0] > 0
+    assert added.shape[0] == 50 + K - 1 and added.nonzero().flatten().tolist() == list(range(38, 50))
+    without = undo_delay(m.decoder_logits(delayed, z), offset=0)
+    changed = (with_features - without).abs().amax(dim=-1)[0] > 1e-6          # [K, T]
+    # codebook k of code time t is predicted at position t + k, which sees the features of code times
+    # up to t + k: codebook 0 changes from code time 38 on, codebook k from 38 - k on, none before
+    for k in range(K):
+        assert changed[k, :38 - k].sum() == 0 and changed[k, 38 - k:].all(), k
+
+
+def test_aligned_null_condition_is_no_condition_in_both_paths():
+    m = aligned_model()
+    visual, motion, codes = video(2)
+    out = m(visual, motion, codes, drop_condition=torch.tensor([True, False]))
+    delayed = apply_delay(codes, PAD)[0][:, :, :-1]
+    bare = m.decoder(input_ids=delayed.reshape(2 * K, -1), use_cache=False).logits.reshape(2, K, -1, C)
+    assert torch.allclose(out.logits[0], undo_delay(bare, offset=0)[0], atol=1e-6)
+    # the kept sample uses both paths: zeroing either one changes its logits
+    z, aligned = m.conditions(visual, motion, codes.shape[2])
+    full = undo_delay(m.decoder_logits(delayed, z, aligned), offset=0)
+    assert torch.allclose(full[1], out.logits[1], atol=1e-5)
+    assert not torch.allclose(undo_delay(m.decoder_logits(delayed, z), offset=0)[1], full[1], atol=1e-4)
+    assert not torch.allclose(undo_delay(m.decoder_logits(delayed, torch.zeros_like(z), aligned), offset=0)[1],
+                              full[1], atol=1e-4)
+
+
+def test_aligned_model_save_and_load_round_trip(tmp_path):
+    m = aligned_model()
+    visual, motion, codes = video(2)
+    loaded = V2MModel.from_pretrained(m.save_pretrained(tmp_path / "v2m"))
+    assert loaded.config.aligned_condition and loaded.config == m.config
+    assert torch.equal(loaded(visual, motion, codes).logits, m(visual, motion, codes).logits)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_kv_cached_sampler_matches_full_recompute_with_the_aligned_path(cfg):
+    m = aligned_model()
+    visual, motion, _ = video(2)
+    prompt = torch.randint(0, C, (2, K, 4), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        z, aligned = m.conditions(visual, motion, 4 + 6)
+    seen = {}
+    ours = generate_codes(m, z, 6, cfg=cfg, top_k=20, generator=torch.Generator().manual_seed(5), prompt=prompt,
+                          aligned=aligned, callback=lambda position, logits: seen.__setitem__(position, logits.clone()))
+    ref = reference_sample(m, z, 6, cfg=cfg, top_k=20, generator=torch.Generator().manual_seed(5), prompt=prompt,
+                           aligned=aligned)
+    assert torch.equal(ours, ref)
+    delayed = apply_delay(torch.cat([prompt, ours], dim=2), PAD)[0]
+    cond = m.decoder_logits(delayed[:, :, :-1], z, aligned)
+    full = cond if cfg == 1.0 else guide(cond, m.decoder_logits(delayed[:, :, :-1], torch.zeros_like(z)), cfg)
+    for position, logits in seen.items():
+        assert torch.allclose(logits, full[:, :, position - 1], atol=1e-4), position
+    # the aligned features matter to the samples' logits
+    other = {}
+    generate_codes(m, z, 6, cfg=cfg, top_k=20, prompt=prompt, aligned=aligned.flip(1),
+                   callback=lambda position, logits: other.__setitem__(position, logits))
+    assert not torch.allclose(other[5], seen[5], atol=1e-3)

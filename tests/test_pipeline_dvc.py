@@ -115,7 +115,7 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     assert FeatureShard(work / "data" / "features" / "codes" / "s0000.parquet")[rows[0]["video_id"]]["codes"].shape == (100, 4)
 
     figures = json.loads((work / "metrics" / "benchmark.json").read_text())
-    assert figures["steps"] == 4 and {"ce_true", "ce_shuffled", "video_info_gain"} <= set(figures)
+    assert figures["steps"] == 4 and {"ce_true", "ce_shuffled", "video_info_gain", "event_gain", "sync_gain"} <= set(figures)
     assert (work / "models" / "v2m" / "model.safetensors").is_file()
     assert (work / "metrics" / "train" / "plots" / "metrics" / "loss.tsv").is_file()
 

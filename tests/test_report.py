@@ -39,7 +39,7 @@ SUMMARY = {"fad": None, "fad_reason": "no VGGish weights in the offline cache",
            "beat_f1": 0.6818, "beat_f1_50ms": 0.125,
            "pairs": 2, "frames": 48, "segments": 4, "model": "tiny"}
 BENCHMARK = {"ce_true": 6.87, "ce_shuffled": 7.32, "video_info_gain": 0.45, "oracle_gain": 1.5e-05,
-             "held_out_clips": 12}
+             "held_out_clips": 12, "event_gain": 0.625, "sync_gain": 0.0625}
 CLIP_ROWS = [{"video_id": "clipA", "kld_ref_gen": 0.5, "chroma_cosine": 0.25},
              {"video_id": "clipB", "kld_ref_gen": 1.125, "chroma_cosine": None},
              {"video_id": "clipC", "kld_ref_gen": 2.0, "chroma_cosine": 0.75}]
@@ -227,7 +227,11 @@ def test_report_loads_its_copied_media_in_chromium(tmp_path, inputs):
     learning = {r["attrs"]["data-key"]: children(r, "td")[0]["text"]
                 for r in children(dom.one("table", id="learning"), "tr") if "data-key" in r["attrs"]}
     assert learning == {"ce_true": "6.8700", "ce_shuffled": "7.3200", "video_info_gain": "0.4500",
-                        "oracle_gain": "1.500e-05", "held_out_clips": "12"}
+                        "oracle_gain": "1.500e-05", "held_out_clips": "12", "event_gain": "0.6250",
+                        "sync_gain": "0.0625"}
+    meanings = {r["attrs"]["data-key"]: children(r, "td")[1]["text"]
+                for r in children(dom.one("table", id="learning"), "tr") if "data-key" in r["attrs"]}
+    assert "half the segment" in meanings["sync_gain"] and "motion events" in meanings["event_gain"]
 
     videos = dom.find("video")
     assert len(videos) == 4

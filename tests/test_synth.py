@@ -15,7 +15,7 @@ from pipeline import media
 from pipeline.config import SampleParams
 from pipeline.features.motion import flow_magnitudes
 from pipeline.synth import LABELS_FILE, read_labels, render_clip, render_sample_set
-from pipeline.synth.scene import render_frames
+from pipeline.synth.scene import object_positions, render_frames
 from pipeline.synth.spec import WIDTH_PER_BEAT, sample_clip_spec
 
 
@@ -36,9 +36,11 @@ def estimate_key(audio: np.ndarray, sr: int, mode: str) -> int:
     return int(np.argmax([np.corrcoef(chroma, np.roll(KEY_PROFILES[mode], k))[0, 1] for k in range(12)]))
 
 
-def estimate_bpm(audio: np.ndarray, sr: int) -> float:
-    """Tempo from onset detection: 60 / median inter-onset interval."""
+def estimate_bpm(audio: np.ndarray, sr: int, accents: list[float] = ()) -> float:
+    """Tempo from onset detection: 60 / median inter-onset interval, the event accents' onsets
+    (within 50 ms of a labelled event time) left out: they are off the beat by design."""
     onsets = librosa.onset.onset_detect(y=audio.mean(0), sr=sr, units="time")
+    onsets = np.array([t for t in onsets if not any(abs(t - e) < 0.05 for e in accents)])
     return 60.0 / float(np.median(np.diff(onsets)))
 
 
@@ -112,7 +114,8 @@ def test_onset_rate_matches_bpm(synth_set):
     folder, rows = synth_set
     for row in rows:
         accompaniment, sr = media.read_wav(folder / row["accompaniment_file"])
-        assert estimate_bpm(accompaniment, sr) == pytest.approx(row["bpm"], rel=0.04), row["video_id"]
+        assert estimate_bpm(accompaniment, sr, row["event_times"]) == pytest.approx(row["bpm"], rel=0.04), \
+            row["video_id"]
 
 
 def test_background_colour_matches_key_mapping(synth_set):
@@ -158,7 +161,10 @@ def test_flow_features_follow_the_tempo():
         for bpm in (75.0, 145.0):
             spec = dataclasses.replace(base, bpm=bpm, object_speed=WIDTH_PER_BEAT * base.width * bpm / 60)
             gray = np.stack(list(render_frames(spec)))[:: spec.fps // 4].mean(axis=3).astype(np.uint8)
-            speeds.append(float(np.quantile(flow_magnitudes(gray)[1:], 0.995)))
+            # the drift between events (an event's lurch is the same at every tempo)
+            events = {round(t * 4) for t in spec.event_times}
+            maps = flow_magnitudes(gray)[[j for j in range(1, len(gray)) if j not in events]]
+            speeds.append(float(np.quantile(maps, 0.995)))
         assert speeds[1] > 1.4 * speeds[0] > 0, (index, speeds)
 
 
@@ -196,3 +202,87 @@ def test_render_clip_writes_all_three_files(tmp_path):
         assert (tmp_path / row[key]).stat().st_size > 0
     accompaniment, sr = media.read_wav(tmp_path / row["accompaniment_file"])
     assert accompaniment.shape == (2, 2 * 44100) and sr == 44100
+
+
+# -- motion events --------------------------------------------------------------------------------
+
+
+def flow_scores(spec) -> np.ndarray:
+    """Mean Farneback magnitude of each 4 fps flow map of a clip (224 px, as the features run it): ``[N]``."""
+    gray = np.stack(list(render_frames(spec)))[:: spec.fps // 4].mean(axis=3).astype(np.uint8)
+    maps = flow_magnitudes(gray)
+    return maps.reshape(len(maps), -1).mean(axis=1)
+
+
+def test_event_times_are_random_on_the_grid_with_the_rate_asked():
+    params = SampleParams(seconds=20.0, seed=2, events_per_second=1.0, event_min_gap=0.5, event_grid=0.25)
+    specs = [sample_clip_spec(params, i) for i in range(30)]
+    gaps = []
+    for spec in specs:
+        times = np.array(spec.event_times)
+        assert np.allclose(times / 0.25, np.round(times / 0.25)), times
+        assert times.min() > 0 and times.max() < spec.seconds
+        gaps += list(np.diff(times))
+    assert min(gaps) >= 0.5 - 1e-9
+    rate = sum(len(s.event_times) for s in specs) / (30 * 20.0)
+    assert 0.8 < rate < 1.15, rate
+    assert len(set(np.round(gaps, 3))) >= 5                  # not periodic
+    # not on the beat grid: most events fall between beats
+    off_beat = [min(abs((t - s.first_beat) / s.beat_period - round((t - s.first_beat) / s.beat_period)), 1) > 0.1
+                for s in specs for t in s.event_times]
+    assert np.mean(off_beat) > 0.5
+    assert sample_clip_spec(dataclasses.replace(params, events_per_second=0.0), 0).event_times == ()
+    # the other draws do not depend on the events: same music and scenes without them
+    quiet = sample_clip_spec(dataclasses.replace(params, events_per_second=0.0), 3)
+    assert (quiet.bpm, quiet.chords, quiet.melody, quiet.scenes) == (specs[3].bpm, specs[3].chords, specs[3].melody,
+                                                                      specs[3].scenes)
+
+
+def test_flow_peaks_land_on_the_events():
+    """Farneback at 224 px / 4 fps: >= 90% of events have a flow peak within one flow frame, <= 10% extra peaks."""
+    hits = events = extra = peaks_total = 0
+    for index in range(8):
+        spec = sample_clip_spec(SampleParams(seconds=6.0, seed=3, motion_only=True), index)
+        score = flow_scores(spec)
+        base = np.median(score[1:])
+        peaks = [j for j in range(1, len(score)) if score[j] > 1.3 * base and score[j] >= score[j - 1]
+                 and (j + 1 == len(score) or score[j] >= score[j + 1])]
+        marks = [round(t * 4) for t in spec.event_times]
+        hits += sum(any(abs(p - e) <= 1 for p in peaks) for e in marks)
+        events += len(marks)
+        extra += sum(not any(abs(p - e) <= 1 for e in marks) for p in peaks)
+        peaks_total += len(peaks)
+    assert events >= 30
+    assert hits >= 0.9 * events, (hits, events)
+    assert extra <= 0.1 * peaks_total, (extra, peaks_total)
+
+
+def test_accents_are_onsets_of_the_accompaniment_at_the_event_times(synth_set):
+    folder, rows = synth_set
+    errors = []
+    for row in rows:
+        assert row["event_times"], row["video_id"]
+        accompaniment, sr = media.read_wav(folder / row["accompaniment_file"])
+        onsets = librosa.onset.onset_detect(y=accompaniment.mean(0), sr=sr, units="time")
+        errors += [float(np.min(np.abs(onsets - t))) for t in row["event_times"]]
+    assert max(errors) < 0.030, errors
+
+
+def test_motion_only_event_frames_differ_from_the_frame_before_only_by_object_positions():
+    spec = sample_clip_spec(SampleParams(seconds=6.0, seed=3, motion_only=True), 1)
+    frames = list(render_frames(spec))
+    h, w = spec.height, spec.width
+    yy, xx = np.mgrid[0:h, 0:w]
+    scene = spec.scenes[0]
+    for t in spec.event_times:
+        k = round(t * spec.fps)
+        before, at = frames[k - 1].astype(int), frames[k].astype(int)
+        shapes = np.zeros((h, w), bool)
+        for time in ((k - 1) / spec.fps, k / spec.fps):
+            for obj, (cx, cy) in zip(scene.objects, object_positions(spec, scene, time)):
+                shapes |= (xx - cx) ** 2 + (yy - cy) ** 2 <= (obj.radius + 1) ** 2
+        changed = np.any(before != at, axis=2)
+        assert changed.any()                                    # the shapes moved...
+        assert not (changed & ~shapes).any()                    # ...and nothing else changed
+        # the same colours, only elsewhere: no colour or brightness change
+        assert {tuple(c) for c in before.reshape(-1, 3)} == {tuple(c) for c in at.reshape(-1, 3)}

@@ -26,7 +26,8 @@ from pipeline.model.builder import tiny_config
 from pipeline.model.v2m import V2MModel
 from pipeline.train import (EMA, SegmentDataset, checkpoints, derangement_of_segments, held_out_ce, lr_factor,
                             make_loader, make_scheduler, parameter_groups, train)
-from pipeline.train.experiment import code_fingerprint, data_fingerprint, run_identity, run_key
+from pipeline.train.experiment import (code_fingerprint, data_fingerprint, event_frames, run_identity, run_key,
+                                       sync_figures)
 
 SIZE, K, CLASSES, SUBSET = 64, 4, 4, 16
 TRAIN_IDS = [f"train{i:02d}" for i in range(8)]
@@ -236,6 +237,50 @@ def test_held_out_ce_is_exact_per_token(shards):
     expected = float(np.mean(per_segment))
     assert held_out_ce(model, data, 1) == pytest.approx(expected, rel=1e-6)
     assert held_out_ce(model, data, 4) == pytest.approx(expected, rel=1e-6)  # 11 segments: a short last batch
+
+
+def test_event_frames_are_the_onset_frame_and_the_next():
+    assert event_frames([0.25], 0.0, 100, 50) == [12, 13]          # 0.25 s = code frame 12.5: its frame is 12
+    assert event_frames([4.5, 3.9, 6.0], 4.0, 100, 50) == [25, 26]  # only events inside [4, 6)
+    assert event_frames([1.99], 0.0, 100, 50) == [99]               # the next frame is past the segment
+    assert event_frames([0.5, 0.52], 0.0, 100, 50) == [25, 26, 27]
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_sync_and_event_gains_are_the_shifted_minus_true_cross_entropy(shards, aligned):
+    """By hand: each segment's motion rolled by half its maps, scored by the same model, per-token CE
+    over all code frames (sync_gain) and over the event onset frames (event_gain)."""
+    data = dataset(shards, VAL_IDS, train=False)
+    model = tiny_model(aligned_condition=aligned).eval()
+    if aligned:
+        with torch.no_grad():
+            for p in model.aligned.parameters():
+                p.normal_(0, 0.2)
+    events = {"val00": [0.25, 3.5], "val02": [4.75]}
+    sums = np.zeros((2, 2))   # [all / event, true / shifted]
+    counts = np.zeros(2)
+    with torch.no_grad():
+        for i in range(len(data)):
+            item = data[i]
+            codes = item["codes"][None]
+            frames = event_frames(events.get(item["video_id"], []), item["start"], codes.shape[2], 50)
+            for j, motion in enumerate((item["motion"], torch.roll(item["motion"], item["motion"].shape[0] // 2, 0))):
+                logits = model(item["visual"][None], motion[None], codes).logits[0]
+                nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), codes[0].flatten(),
+                                                        reduction="none").reshape(codes.shape[1:])
+                sums[0, j] += float(nll.sum())
+                sums[1, j] += float(nll[:, frames].sum())
+            counts += [codes.numel(), codes.shape[1] * len(frames)]
+    figures = sync_figures(model, data, 3, events)
+    assert counts[1] == 4 * 6         # 3 events in three 2 s segments, 2 frames each, K = 4 codebooks
+    assert figures["sync_gain"] == pytest.approx((sums[0, 1] - sums[0, 0]) / counts[0], abs=1e-5)
+    assert figures["event_gain"] == pytest.approx((sums[1, 1] - sums[1, 0]) / counts[1], abs=1e-5)
+    assert figures["held_out_events"] == 3
+    if aligned:   # random aligned weights: the timing of the motion matters (through Z alone it is tiny)
+        assert figures["sync_gain"] != 0
+    none = sync_figures(model, data, 3, None)
+    assert none["event_gain"] is None and "no event labels" in none["event_reason"]
+    assert none["sync_gain"] == figures["sync_gain"]
 
 
 # -- schedule and EMA -------------------------------------------------------------------------------

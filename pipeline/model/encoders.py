@@ -164,3 +164,76 @@ class CrossAttentionFusion(nn.Module):
             raise ValueError(f"visual and motion batch sizes differ: {visual.shape[0]} vs {motion.shape[0]}")
         fused, _ = self.attn(visual, motion, motion, need_weights=False)
         return self.norm(visual + self.dropout(fused))
+
+
+def code_grid(steps: int, fps: float, rate: float, device: torch.device | str | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which feature frame each of ``steps`` code frames takes, and its phase inside that frame.
+
+    Code frame ``t`` sits at ``t / rate`` seconds and takes frame ``j = floor(t * fps / rate)``:
+    a feature at time ``j / fps`` reaches exactly the code times in ``[j / fps, (j + 1) / fps)``.
+    Its phase is ``t`` minus the first code frame of ``j`` (0 .. ceil(rate / fps) - 1).
+
+    Returns:
+        ``(frame long [steps], phase long [steps])``.
+    """
+    t = torch.arange(steps, device=device, dtype=torch.float64)
+    frame = torch.floor(t * fps / rate + 1e-9)
+    first = torch.ceil(frame * rate / fps - 1e-9)
+    return frame.long(), (t - first).long()
+
+
+class AlignedCondition(nn.Module):
+    """Per-time video features on the code grid, added to the decoder's input embeddings (beyond the paper).
+
+    The paper's decoder sees the video only through cross-attention over ``Z``, at 2 fps: *when*
+    something happens reaches it in 0.5 s slots at best. Here each code frame ``t`` gets, like
+    MMAudio's frame-aligned sync features, the features of the instant it describes (see
+    :func:`code_grid`): the visual embedding ``v_i`` and the motion embedding ``f_j`` of its frames,
+    each projected to the decoder width ``M``, plus
+
+    - the motion *change* ``f_j - f_(j-1)`` (0 for the first map), projected: what marks an event,
+      where the level ``f_j`` also carries the steady drift;
+    - a learned code of ``t``'s phase inside its motion map's frame (0 .. 12 at 4 fps / 50 Hz): a map
+      repeated over ~12 code frames does not say at which of them the change starts, the phase does.
+
+    Every projection and the phase code start at zero, so a fresh model decodes as the paper's
+    does and the path opens as it learns (and the draws of the other parts' initial weights are
+    those of a model without it).
+
+    Args:
+        visual_dim: ``D`` of ``v``.
+        motion_dim: ``D_m`` of ``f``; None for a model without motion (visual only, phase over
+            the visual frames).
+        width: decoder width ``M``.
+        visual_fps, motion_fps, rate: the feature and code rates.
+    """
+
+    def __init__(self, visual_dim: int, motion_dim: int | None, width: int, visual_fps: float, motion_fps: float,
+                 rate: float):
+        super().__init__()
+        self.visual_fps, self.motion_fps, self.rate = visual_fps, motion_fps, rate
+        self.visual = nn.Linear(visual_dim, width)
+        self.motion = nn.Linear(motion_dim, width) if motion_dim else None
+        self.change = nn.Linear(motion_dim, width) if motion_dim else None
+        self.phase_fps = motion_fps if motion_dim else visual_fps
+        self.phase = nn.Embedding(math.ceil(rate / self.phase_fps - 1e-9), width)
+        for p in self.parameters():
+            nn.init.zeros_(p)
+
+    def forward(self, visual: torch.Tensor, motion: torch.Tensor | None, steps: int) -> torch.Tensor:
+        """``v [B, N_v, D]``, ``f [B, N_m, D_m]`` (or None) -> ``[B, steps, M]``, row ``t`` for code frame ``t``.
+
+        Code frames past the last feature frame take the last one.
+        """
+        frame, _ = code_grid(steps, self.visual_fps, self.rate, visual.device)
+        out = self.visual(visual)[:, frame.clamp_max(visual.shape[1] - 1)]
+        if self.motion is not None:
+            if motion is None:
+                raise ValueError("this aligned condition uses motion: pass the motion embeddings")
+            frame_m, _ = code_grid(steps, self.motion_fps, self.rate, visual.device)
+            frame_m = frame_m.clamp_max(motion.shape[1] - 1)
+            change = motion - torch.cat([motion[:, :1], motion[:, :-1]], dim=1)
+            out = out + self.motion(motion)[:, frame_m] + self.change(change)[:, frame_m]
+        _, phase = code_grid(steps, self.phase_fps, self.rate, visual.device)
+        return out + self.phase(phase.clamp_max(self.phase.num_embeddings - 1))[None]

@@ -89,7 +89,7 @@ def sample_top_k(logits: torch.Tensor, top_k: int | None = 250, temperature: flo
 def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float = 3.0, top_k: int | None = 250,
                    temperature: float = 1.0, generator: torch.Generator | None = None,
                    prompt: torch.Tensor | None = None, callback: StepCallback | None = None,
-                   static_cache: bool = False) -> torch.Tensor:
+                   static_cache: bool = False, aligned: torch.Tensor | None = None) -> torch.Tensor:
     """Sample ``steps`` code frames given the condition ``Z``, with the decoder's KV cache.
 
     Args:
@@ -103,6 +103,9 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
             every delayed position ``s`` that is predicted (``T0 + 1 .. T0 + steps + K - 1``).
         static_cache: preallocate the self-attention cache for the whole sequence (written in place
             at each step) instead of concatenating a growing one: the same logits up to float rounding.
+        aligned: the aligned features ``[B, T0 + steps, M]`` of a model with ``aligned_condition``
+            (``model.conditions``; row ``t`` for code time ``t``, the prompt's included); the null
+            half of guidance gets none.
 
     Returns:
         long ``[B, K, steps]``: the codes after the prompt.
@@ -132,21 +135,25 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
     guided = cfg != 1.0
     cond = torch.cat([z, torch.zeros_like(z)]) if guided else z
     decoder = model.decoder
+    if aligned is not None:
+        if aligned.shape[:2] != (b, total):
+            raise ValueError(f"aligned features must be [{b}, {total}, M] (prompt + steps), got {tuple(aligned.shape)}")
+        aligned = torch.cat([aligned, torch.zeros_like(aligned)]) if guided else aligned
     with evaluating(model):
         cache = None
         if static_cache:
             cache = EncoderDecoderCache(StaticCache(config=decoder.config, max_cache_len=total + k), DynamicCache())
         start = known + 1  # positions 0 .. known carry only the start step and prompt codes
         for position in range(start, total + k):
-            first = position == start
-            inputs = seq[:, :, :position] if first else seq[:, :, position - 1:position]
+            first = 0 if position == start else position - 1
+            inputs = seq[:, :, first:position]
             if guided:
                 inputs = torch.cat([inputs, inputs])
             extra = {}
             if static_cache:
-                extra["cache_position"] = torch.arange(position - inputs.shape[-1], position, device=z.device)
-            out = decoder(input_ids=inputs.reshape(-1, inputs.shape[-1]), encoder_hidden_states=cond,
-                          cache=cache, use_cache=True, **extra)
+                extra["cache_position"] = torch.arange(first, position, device=z.device)
+            out = model.run_decoder(inputs.reshape(-1, inputs.shape[-1]), cond, aligned, first_position=first,
+                                    cache=cache, use_cache=True, **extra)
             cache = out.cache
             logits = out.logits.reshape(inputs.shape[0], k, inputs.shape[-1], -1)[:, :, -1].float()
             if guided:
@@ -208,7 +215,8 @@ def _prompt_positions(k: int, known: int, total: int, device) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: V2MModel, visual: torch.Tensor, motion: torch.Tensor | None = None, steps: int | None = None,
              **kwargs) -> torch.Tensor:
-    """Codes for a video: ``model.condition`` then :func:`generate_codes`.
+    """Codes for a video: ``model.conditions`` (Z, and the aligned features when the model has them)
+    then :func:`generate_codes`.
 
     Args:
         visual, motion: as for ``model.condition``.
@@ -219,8 +227,10 @@ def generate(model: V2MModel, visual: torch.Tensor, motion: torch.Tensor | None 
         long ``[B, K, steps]``.
     """
     config = model.config
-    with evaluating(model):
-        z = model.condition(visual, motion)
     if steps is None:
         steps = round(visual.shape[1] / config.visual_fps * config.codes_rate)
-    return generate_codes(model, z, steps, **kwargs)
+    prompt = kwargs.get("prompt")
+    known = prompt.shape[2] if prompt is not None else 0
+    with evaluating(model):
+        z, aligned = model.conditions(visual, motion, known + steps)
+    return generate_codes(model, z, steps, aligned=aligned, **kwargs)

@@ -7,9 +7,20 @@ linear map projects each into ``P`` tokens of the decoder's width ``M``. The dec
 step with MusicGen's delay pattern (:mod:`pipeline.model.patterns`). The loss is paper Eq. 1: per codebook,
 the mean cross-entropy over its real (non-delay) positions, then the mean over the ``K`` codebooks.
 
-Classifier-free guidance: the null condition is ``Z = 0``. MusicGen's attention projections have
-no bias, so zero keys and values make the cross-attention add exactly nothing (the same logits as
-no condition at all); training replaces a share ``condition_dropout`` of the samples' ``Z`` with it.
+Time-aligned conditioning (``aligned_condition``, beyond the paper; off = the paper's model
+exactly): the per-time features ``v_i`` and ``f_j`` are also brought onto the 50 Hz code grid
+(:class:`~pipeline.model.encoders.AlignedCondition`) and added to the decoder's input embeddings:
+input position ``s`` (whose output predicts codebook 0 of code time ``s``, and codebook ``k`` of
+time ``s - k``) gets the features of code time ``s``; a feature at time ``tau`` thus reaches exactly
+the positions of code times in ``[tau, tau + 1 / fps)``. Codebook ``k`` of time ``t`` is predicted at
+position ``t + k``, which sees the features of code times up to ``t + k`` through causal
+self-attention (the video is known ahead; only the audio is causal). Positions past the last code
+time (the delay pattern's tail) get nothing.
+
+Classifier-free guidance: the null condition is ``Z = 0`` and no aligned features. MusicGen's
+attention projections have no bias, so zero keys and values make the cross-attention add exactly
+nothing (the same logits as no condition at all); training replaces a share ``condition_dropout``
+of the samples' conditions with it.
 
 Shapes: visual ``[B, N_v, 50, 768]`` (2 fps), motion ``[B, N_m, S, S]`` (4 fps), codes ``[B, K, T]``
 (50 Hz); an ``L``-second segment has ``N_v = 2L``, ``N_m = 4L``, ``T = 50L``.
@@ -33,8 +44,8 @@ from pipeline import audiocraft_format, checkpoints
 from pipeline.errors import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
+from pipeline.model.encoders import AlignedCondition, CrossAttentionFusion, MotionEncoder, VisualEncoder
 from pipeline.model.patterns import apply_delay, undo_delay
-from pipeline.model.encoders import CrossAttentionFusion, MotionEncoder, VisualEncoder
 
 log = logging.getLogger("v2m.model")
 
@@ -43,8 +54,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MUSICGEN_HUB_ID = "facebook/musicgen-small"
 PARTS = ("visual", "motion", "fusion", "projection", "decoder")
+# the aligned path's projections count with the projection: both map video features to the decoder width
 _PART_MODULES = {"visual_encoder": "visual", "motion_encoder": "motion", "fusion": "fusion",
-                 "projection": "projection", "decoder": "decoder"}
+                 "projection": "projection", "aligned": "projection", "decoder": "decoder"}
 
 
 def codebook_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -96,6 +108,7 @@ class V2MConfig:
     # conditioning
     tokens_per_frame: int = 2
     condition_dropout: float = 0.1
+    aligned_condition: bool = False
     # decoder (MusicgenForCausalLM)
     decoder_dim: int = 1024
     decoder_layers: int = 24
@@ -200,7 +213,8 @@ class V2MModel(nn.Module):
     """Video encoders + cross-attention fusion + projection + MusicGen decoder.
 
     Parts (see :meth:`param_counts`): ``visual`` (VisualEncoder), ``motion`` (MotionEncoder),
-    ``fusion`` (CrossAttentionFusion), ``projection`` (Linear ``D -> P * M``), ``decoder``
+    ``fusion`` (CrossAttentionFusion), ``projection`` (Linear ``D -> P * M``, and with
+    ``aligned_condition`` the AlignedCondition's projections), ``decoder``
     (``MusicgenForCausalLM``). Without motion (``use_motion=False``, the paper's ablation) the
     motion encoder and the fusion do not exist and the motion input is ignored.
     """
@@ -225,6 +239,16 @@ class V2MModel(nn.Module):
         else:
             self.motion_encoder = None
             self.fusion = None
+        # Last of all, and zero-initialised: the other parts' initial weights are those of a model without it.
+        self.aligned = (AlignedCondition(c.visual_dim, c.motion_dim if c.use_motion else None, c.decoder_dim,
+                                         c.visual_fps, c.motion_fps, c.codes_rate)
+                        if c.aligned_condition else None)
+        # The aligned features enter as a term of the input embeddings: MusicGen sums the K
+        # codebooks' embeddings, and a hook on the first one adds them (with `inputs_embeds`
+        # transformers 5.24 mis-sizes the position embeddings).
+        self._aligned_input: torch.Tensor | None = None
+        if self.aligned is not None:
+            self.decoder.model.decoder.embed_tokens[0].register_forward_hook(self._add_aligned_input)
 
     # -- conditioning
 
@@ -237,15 +261,28 @@ class V2MModel(nn.Module):
 
         Frame ``i``'s ``P`` tokens are rows ``i * P .. i * P + P - 1``.
         """
+        return self.conditions(visual, motion, 0)[0]
+
+    def conditions(self, visual: torch.Tensor, motion: torch.Tensor | None, steps: int
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(Z [B, N_v * P, M], aligned [B, steps, M] or None)``: both conditions, the encoders run once.
+
+        ``aligned`` (None unless ``aligned_condition``) holds row ``t`` for code time ``t`` of the
+        segment, whose code time 0 is the time of the first visual and motion frame.
+        """
         v = self.visual_encoder(visual)
+        f = None
         if self.motion_encoder is not None:
             if motion is None:
                 raise ValueError("this model uses motion (use_motion=True): pass the motion maps")
-            o = self.fusion(v, self.motion_encoder(motion))
+            f = self.motion_encoder(motion)
+            o = self.fusion(v, f)
         else:
             o = v
         b, n = o.shape[:2]
-        return self.projection(o).reshape(b, n * self.config.tokens_per_frame, self.config.decoder_dim)
+        z = self.projection(o).reshape(b, n * self.config.tokens_per_frame, self.config.decoder_dim)
+        aligned = self.aligned(v, f, steps) if self.aligned is not None and steps > 0 else None
+        return z, aligned
 
     def condition_drop_mask(self, batch: int, drop_condition: torch.Tensor | None = None,
                             generator: torch.Generator | None = None,
@@ -267,20 +304,46 @@ class V2MModel(nn.Module):
 
     @staticmethod
     def null_condition(z: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """``Z`` with the rows of dropped samples (all of them if ``drop`` is None) set to the null condition 0."""
+        """``Z`` (or the aligned features ``[B, T, M]``) with the rows of dropped samples (all of them if
+        ``drop`` is None) set to the null condition 0."""
         if drop is None:
             return torch.zeros_like(z)
         return z.masked_fill(drop.to(z.device)[:, None, None], 0.0)
 
     # -- decoder
 
-    def decoder_logits(self, delayed: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _add_aligned_input(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        return output if self._aligned_input is None else output + self._aligned_input.to(output.dtype)
+
+    def run_decoder(self, input_ids: torch.Tensor, z: torch.Tensor, aligned: torch.Tensor | None = None,
+                    first_position: int = 0, **kwargs: Any) -> Any:
+        """One call of the MusicGen decoder on ``input_ids`` long ``[B * K, S]`` (positions
+        ``first_position .. first_position + S - 1``), cross-attending over ``Z``, with the aligned
+        features ``[B, T, M]`` (code time ``t`` at row ``t``) added at those positions; ``kwargs`` go to the
+        decoder (``cache``, ``use_cache``)."""
+        if aligned is not None and self.aligned is None:
+            raise ValueError("aligned features given to a model without aligned_condition")
+        if aligned is None:
+            return self.decoder(input_ids=input_ids, encoder_hidden_states=z, **kwargs)
+        s = input_ids.shape[-1]
+        window = aligned[:, first_position:first_position + s]
+        if window.shape[1] < s:   # the delay pattern's tail: positions past the last code time get nothing
+            window = torch.cat([window, window.new_zeros(window.shape[0], s - window.shape[1], window.shape[2])], 1)
+        self._aligned_input = window
+        try:
+            return self.decoder(input_ids=input_ids, encoder_hidden_states=z, **kwargs)
+        finally:
+            self._aligned_input = None
+
+    def decoder_logits(self, delayed: torch.Tensor, z: torch.Tensor, aligned: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         """Decoder logits of a delayed token layout: long ``[B, K, S]``, ``Z [B, N, M]`` -> ``[B, K, S, C]``.
 
+        ``aligned``: the aligned features ``[B, T, M]`` (see the module docstring), or None.
         Position ``s``'s logits predict position ``s + 1``. No KV cache (training and checks).
         """
         b, k, s = delayed.shape
-        out = self.decoder(input_ids=delayed.reshape(b * k, s), encoder_hidden_states=z, use_cache=False)
+        out = self.run_decoder(delayed.reshape(b * k, s), z, aligned, use_cache=False)
         return out.logits.reshape(b, k, s, -1)  # transformers returns [B * K, S, C]
 
     def forward(self, visual: torch.Tensor, motion: torch.Tensor | None, codes: torch.Tensor,
@@ -304,14 +367,15 @@ class V2MModel(nn.Module):
             raise ValueError(f"codes must be [B, {c.num_codebooks}, T], got {tuple(codes.shape)}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= c.codebook_size):
             raise ValueError(f"codes must lie in [0, {c.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
-        z = self.condition(visual, motion)
+        z, aligned = self.conditions(visual, motion, codes.shape[2])
         if z.shape[0] != codes.shape[0]:
             raise ValueError(f"video batch {z.shape[0]} != codes batch {codes.shape[0]}")
         drop = self.condition_drop_mask(z.shape[0], drop_condition, generator, z.device)
         if drop is not None:
             z = self.null_condition(z, drop)
+            aligned = self.null_condition(aligned, drop) if aligned is not None else None
         delayed, valid = apply_delay(codes.long(), c.pad_id)
-        logits = self.decoder_logits(delayed[:, :, :-1], z)
+        logits = self.decoder_logits(delayed[:, :, :-1], z, aligned)
         per_codebook = codebook_cross_entropy(logits, delayed[:, :, 1:], valid[:, :, 1:])
         return V2MOutput(loss=per_codebook.mean(), logits=undo_delay(logits, offset=0),
                          per_codebook_loss=per_codebook)

@@ -39,6 +39,7 @@ LABEL_SCHEMA = pa.schema([
     ("chord_change_times", pa.list_(pa.float32())),
     ("chord_roots", pa.list_(pa.int8())),
     ("cut_times", pa.list_(pa.float32())),
+    ("event_times", pa.list_(pa.float32())),
     ("object_speed", pa.float32()),
     ("object_speed_per_width", pa.float32()),
     ("n_objects", pa.int8()),
@@ -66,6 +67,7 @@ def label_row(spec: ClipSpec) -> dict:
         "chord_change_times": list(spec.chord_change_times),
         "chord_roots": [spec.chord_root(d) for _, d in spec.chords],
         "cut_times": list(spec.cut_times),
+        "event_times": list(spec.event_times),
         "object_speed": spec.object_speed,
         "object_speed_per_width": spec.object_speed / spec.width,
         "n_objects": len(spec.scenes[0].objects),
@@ -110,5 +112,15 @@ def read_labels(directory: Path | str) -> list[dict]:
     return pq.read_table(Path(directory) / LABELS_FILE).to_pylist()
 
 
-__all__ = ["ClipSpec", "render_clip", "render_sample_set", "read_labels", "sample_clip_spec", "label_row",
+def read_event_times(directory: Path | str) -> dict[str, list[float]] | None:
+    """Clip id -> motion event times (seconds) of a set, or None when it has no labels.parquet or a
+    labels file from before events (no ``event_times`` column)."""
+    path = Path(directory) / LABELS_FILE
+    if not path.is_file() or "event_times" not in pq.read_schema(path).names:
+        return None
+    table = pq.read_table(path, columns=["video_id", "event_times"]).to_pydict()
+    return {v: [float(t) for t in times] for v, times in zip(table["video_id"], table["event_times"])}
+
+
+__all__ = ["ClipSpec", "render_clip", "render_sample_set", "read_labels", "read_event_times", "sample_clip_spec", "label_row",
            "LABELS_FILE"]

@@ -1,7 +1,8 @@
-"""Audio of a synthetic clip: accompaniment (chords, bass, drums on the beats) and a vocal stand-in.
+"""Audio of a synthetic clip: accompaniment (chords, bass, drums on the beats, accents on the
+events) and a vocal stand-in.
 
 Every onset of the accompaniment falls on a beat (drums on every beat, bass plucks on every
-beat, chord changes on beats), so its onset rate is the tempo. Its pitch content is the
+beat, chord changes on beats) but the accents, which fall on the clip's events. Its pitch content is the
 clip's chords in its key over a tonic drone (without it, short progressions heard as the
 dominant's or subdominant's key about one time in five). The vocal stand-in is a voice-like line (harmonics shaped by
 vowel formants, vibrato) singing chord tones, so a separator has something to remove.
@@ -34,7 +35,7 @@ def render_stems(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([spec.seed, 7, int(spec.key), int(spec.bpm * 10)])
     pad_l, pad_r = _chord_pad(spec, n)
     bass = _bass(spec, n) + _tonic_drone(spec, n)
-    drums = _drums(spec, n, rng)
+    drums = _drums(spec, n, rng) + _accents(spec, n)
     accompaniment = np.stack([pad_l + bass + drums, pad_r + bass + drums])
     voice = _voice(spec, n)
     acc_rms = float(np.sqrt(np.mean(accompaniment ** 2))) + 1e-9
@@ -116,6 +117,36 @@ def _drums(spec: ClipSpec, n: int, rng: np.random.Generator) -> np.ndarray:
             noise = rng.standard_normal(length)
             noise = np.diff(noise, prepend=0.0)  # tilt towards the highs
             hit = hit + 0.12 * noise * np.exp(-t / 0.045) * tail
+        out[i0:i0 + m] += hit[:m]
+    return out
+
+
+# The accent's pitched part: inharmonic partials (ratios of a struck metal plate), unlike any
+# chord tone or drum of the beat.
+ACCENT_PARTIALS = ((587.0, 1.0), (869.0, 0.7), (1192.0, 0.5), (1608.0, 0.35))
+
+
+def _accents(spec: ClipSpec, n: int) -> np.ndarray:
+    """A loud crash-like accent at every event time: a bright noise burst plus a metallic pitched hit; [S].
+
+    Starts exactly at the event's sample (no attack ramp: the onset is the event time), louder than
+    the beat drums, and decays within ~0.3 s so the next event's onset stands on its own.
+    """
+    sr = spec.sample_rate
+    out = np.zeros(n)
+    length = int(0.35 * sr)
+    t = np.arange(length) / sr
+    tail = _envelope(length, sr, 0.0, 0.1)
+    rng = np.random.default_rng([spec.seed, 13, int(spec.key), int(spec.bpm * 10)])
+    tone = sum(g * np.sin(2 * np.pi * f * t) for f, g in ACCENT_PARTIALS) * np.exp(-t / 0.12)
+    for time in spec.event_times:
+        # a band of ~1.5-8 kHz (a moving average, then a difference): bright like a crash, yet below
+        # what AAC's low-pass and the 32 kHz codec drop, so the mix and the codes keep the accent
+        noise = np.diff(np.convolve(rng.standard_normal(length), np.ones(4) / 4, mode="same"), prepend=0.0)
+        noise /= noise.std() + 1e-12
+        hit = (0.3 * noise * np.exp(-t / 0.06) + 0.35 * tone) * tail
+        i0 = int(round(time * sr))
+        m = min(length, n - i0)
         out[i0:i0 + m] += hit[:m]
     return out
 

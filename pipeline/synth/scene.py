@@ -1,4 +1,5 @@
-"""Video frames of a synthetic clip: a key-coloured background and shapes moving at tempo speed."""
+"""Video frames of a synthetic clip: a key-coloured background and shapes moving at tempo speed,
+jumping to new places at the clip's events."""
 
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ def _bounce(position: np.ndarray | float, lo: float, hi: float) -> np.ndarray | 
 def object_positions(spec: ClipSpec, scene: SceneSpec, time: float) -> list[tuple[float, float]]:
     """Centre (x, y) in pixels of each object of ``scene`` at clip time ``time``."""
     elapsed = time - scene.start
+    # at every event since the scene began each shape lurched forward along its path by the jump
+    travel = spec.object_speed * elapsed + spec.event_jump * sum(scene.start < t <= time + 1e-9
+                                                                 for t in spec.event_times)
     out = []
     for obj in scene.objects:
-        x = obj.x0 + spec.object_speed * np.cos(obj.direction) * elapsed
-        y = obj.y0 + spec.object_speed * np.sin(obj.direction) * elapsed
+        x = obj.x0 + travel * np.cos(obj.direction)
+        y = obj.y0 + travel * np.sin(obj.direction)
         out.append((float(_bounce(x, obj.radius, spec.width - obj.radius)),
                     float(_bounce(y, obj.radius, spec.height - obj.radius))))
     return out

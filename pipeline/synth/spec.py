@@ -9,12 +9,17 @@ The video-to-music mapping that v2m-synth makes learnable:
   - object speed    <-> tempo (a fixed fraction of the frame width per beat)
   - scene cuts      <-> chord changes (not in ``motion_only`` sets, where nothing but
                         the motion depends on the tempo)
+  - motion events   <-> accents: at random times on the ``event_grid`` (not on the beats, not
+                        periodic) every shape jumps to a new place and a loud percussive accent
+                        starts in the accompaniment. A tempo that is constant over the clip the
+                        music's own past reveals; *when* an event comes, only the picture tells.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +39,11 @@ MODE_SV = {"major": (0.50, 0.88), "minor": (0.70, 0.52)}
 # features compare frames 0.25 s apart: at 0.2 of the width per beat (up to ~28 px at 224) the
 # Farneback pyramid lost the flat-coloured shapes and the flow no longer grew with the tempo
 # (Spearman ~0 between bpm and the 99.5th percentile of flow); at 0.08 it is ~0.8.
-WIDTH_PER_BEAT = 0.08
+WIDTH_PER_BEAT = 0.04
 SHAPES = ("circle", "square", "ring", "diamond")
+# At an event every shape lurches forward along its path by this fraction of the frame width, on
+# top of its drift. Farneback at 224 px / 4 fps sees a peak there; bigger jumps it cannot track.
+EVENT_JUMP = 0.06
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class ClipSpec:
     object_speed: float                            # pixels per second
     motion_only: bool
     vocal_gain: float
+    event_times: tuple[float, ...] = ()           # motion events (the shapes lurch, an accent hits)
+    event_jump: float = 0.0                        # pixels each shape lurches forward at an event
 
     @property
     def beat_period(self) -> float:
@@ -127,9 +137,10 @@ def key_hue(key: int) -> float:
 def sample_clip_spec(params: SampleParams, index: int) -> ClipSpec:
     """Draw clip ``index`` of the set defined by ``params`` (deterministic in seed and index)."""
     root = np.random.default_rng([params.seed, index, int(params.motion_only)])
-    # Two streams: what is drawn for the picture never depends on how many draws the music
-    # took, so in a motion_only set nothing but the motion changes with the tempo.
-    rng, scene_rng = root.spawn(2)
+    # Separate streams: what is drawn for the picture never depends on how many draws the music
+    # took, so in a motion_only set nothing but the motion changes with the tempo; the events'
+    # stream comes last, so the other draws are those of a set without events.
+    rng, scene_rng, event_rng = root.spawn(3)
     key = int(root.integers(12))
     mode = ("major", "minor")[int(root.integers(2))]
     bpm = float(np.round(rng.uniform(params.bpm_min, params.bpm_max), 1))
@@ -152,13 +163,42 @@ def sample_clip_spec(params: SampleParams, index: int) -> ClipSpec:
     speed = WIDTH_PER_BEAT * params.width / period
     scene_starts = [0.0] if params.motion_only else [t for t, _ in chords]
     scenes = tuple(_sample_scene(scene_rng, start, key, params) for start in scene_starts)
+    event_times = sample_event_times(event_rng, params)
     return ClipSpec(
         video_id=video_id_for(params.seed, index, params.motion_only),
         seed=params.seed, seconds=params.seconds, fps=params.fps, width=params.width,
         height=params.height, sample_rate=params.sample_rate, key=key, mode=mode, bpm=bpm,
         first_beat=first_beat, chords=tuple(chords), melody=melody, scenes=scenes,
         object_speed=speed, motion_only=params.motion_only, vocal_gain=params.vocal_gain,
+        event_times=event_times, event_jump=EVENT_JUMP * params.width,
     )
+
+
+# The last event leaves this long before the clip end, for the accent to ring and the jump to be seen.
+EVENT_TAIL = 0.5
+
+
+def sample_event_times(rng: np.random.Generator, params: SampleParams) -> tuple[float, ...]:
+    """Random event times on the ``event_grid``, at least ``event_min_gap`` apart, ~``events_per_second``.
+
+    Gaps are the minimum gap plus an exponential wait (a Poisson process with a dead time), each
+    time rounded up to the grid: not periodic, and not tied to the beats. None at 0 (the first
+    flow map has no previous frame) nor in the last ``EVENT_TAIL`` seconds.
+    """
+    if params.events_per_second <= 0:
+        return ()
+    grid = params.event_grid
+    # rounding up to the grid adds half a grid step per gap on average: the wait makes up for it
+    wait = max(1.0 / params.events_per_second - params.event_min_gap - grid / 2, 1e-6)
+    times: list[float] = []
+    last = -params.event_min_gap
+    while True:
+        t = last + max(params.event_min_gap, grid) + float(rng.exponential(wait))
+        t = math.ceil(round(t / grid, 6)) * grid
+        if t >= params.seconds - EVENT_TAIL:
+            return tuple(times)
+        times.append(round(t, 6))
+        last = t
 
 
 def _sample_melody(rng: np.random.Generator, key: int, mode: str, chords: list[tuple[float, int]],
