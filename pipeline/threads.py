@@ -85,14 +85,40 @@ def allowed_cores() -> list[int]:
 def busy_cores(cores: list[int], seconds: float = SAMPLE_SECONDS) -> float:
     """Cores' worth of CPU time other programs used over ``seconds`` on ``cores`` (0 .. len(cores)).
 
-    This process sleeps while it samples, so what is counted is everyone else.
+    This process sleeps while it samples, and the CPU time of its ancestors (the ``dvc repro`` or
+    shell that started it, which waits for it and is often still finishing its own bookkeeping as
+    the stage starts) is taken out: only programs that compete with this one count.
     """
     try:
         import psutil
     except ImportError:  # pragma: no cover - psutil comes with accelerate
         return 0.0
+    family = _own_family(psutil)
+    before = _cpu_seconds(family)
     shares = psutil.cpu_percent(interval=seconds, percpu=True)
-    return sum(shares[i] for i in cores if i < len(shares)) / 100.0
+    ours = max(0.0, _cpu_seconds(family) - before) / seconds
+    return max(0.0, sum(shares[i] for i in cores if i < len(shares)) / 100.0 - ours)
+
+
+def _own_family(psutil) -> list:
+    """This process and its ancestors."""
+    me = psutil.Process()
+    try:
+        return [me, *me.parents()]
+    except psutil.Error:
+        return [me]
+
+
+def _cpu_seconds(processes: list) -> float:
+    """User + system CPU seconds of ``processes`` (those gone or unreadable count 0)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except Exception:  # noqa: BLE001 - psutil.Error subclasses, a process that just ended
+            continue
+    return total
 
 
 def plan(seconds: float = SAMPLE_SECONDS) -> ThreadPlan:
