@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -392,6 +392,22 @@ def _lost_row(video_id: str, lost: Lost) -> dict:
     return failed_row(video_id, "worker_lost", f"{video_id}: {lost.cause}", rows=0, node=None)
 
 
+def _ray_rows(work: list, journal, lost, write_ok: Callable[[str, object], dict]) -> list[dict]:
+    """Status rows of a Ray run's per-video results, in work order: a lost video gets a ``worker_lost`` row,
+    a string (the worker's one-line error) an ``unreadable`` row, and any other value is written by
+    ``write_ok(video_id, value)``, which returns the ok row's own columns. The caller clears the journal
+    once the table is closed (renamed into place), so a failure before that still resumes."""
+    rows = []
+    for video_id, node, value in results(work, journal, lost):
+        if isinstance(value, Lost):
+            rows.append(_lost_row(video_id, value))
+        elif isinstance(value, str):
+            rows.append(failed_row(video_id, "unreadable", value, rows=0, node=node))
+        else:
+            rows.append(ok_row(video_id, **write_ok(video_id, value), node=node))
+    return rows
+
+
 def visual_shard(clips_dir: Path, out: Path, visual: VisualFeatureParams, compute: ComputeParams | None = None,
                  progress: bool = True) -> list[dict]:
     """The CLIP table of a shard's clips (``out``), on this process or on Ray's CLIP actors; status rows."""
@@ -411,20 +427,16 @@ def visual_shard(clips_dir: Path, out: Path, visual: VisualFeatureParams, comput
     lost = engine.actors(_load_clip_for_actor, (_model_path(visual.model), visual.device, visual.dtype),
                          clip_tokens_batch, work, journal, pool=compute.clip, desc=f"visual {shard} (ray)",
                          progress=progress)
-    rows = []
     with clip_table_writer(out, visual, config) as writer:
-        for video_id, node, value in results(work, journal, lost):
-            if isinstance(value, Lost):
-                rows.append(_lost_row(video_id, value))
-            elif isinstance(value, str):
-                rows.append(failed_row(video_id, "unreadable", value, rows=0, node=node))
-            else:
-                tokens, picture = value
-                n = tokens.shape[0]
-                writer.write_clip(video_id, {"frame": np.arange(n, dtype=np.int32),
-                                             "time": np.arange(n, dtype=np.float32) / visual.fps,
-                                             "tokens": tensor_column(tokens)})
-                rows.append(ok_row(video_id, rows=n, **picture, node=node))
+        def write(video_id: str, value) -> dict:
+            tokens, picture = value
+            n = tokens.shape[0]
+            writer.write_clip(video_id, {"frame": np.arange(n, dtype=np.int32),
+                                         "time": np.arange(n, dtype=np.float32) / visual.fps,
+                                         "tokens": tensor_column(tokens)})
+            return {"rows": n, **picture}
+
+        rows = _ray_rows(work, journal, lost, write)
     journal.clear()
     return rows
 
@@ -441,20 +453,16 @@ def motion_shard(clips_dir: Path, out: Path, flow: FlowFeatureParams, compute: C
     work = [Work(w.key, w.request, lambda w=w: (*w.args(), flow)) for w in _clip_work(clips, dataclasses.asdict(flow))]
     lost = engine.tasks(flow_task, work, journal, cpus=compute.flow_cpus, desc=f"motion {shard} (ray)",
                         progress=progress)
-    rows = []
     with flow_table_writer(out, flow) as writer:
-        for video_id, node, value in results(work, journal, lost):
-            if isinstance(value, Lost):
-                rows.append(_lost_row(video_id, value))
-            elif isinstance(value, str):
-                rows.append(failed_row(video_id, "unreadable", value, rows=0, node=node))
-            else:
-                q, scale, picture = value
-                n = q.shape[0]
-                writer.write_clip(video_id, {"frame": np.arange(n, dtype=np.int32),
-                                             "time": np.arange(n, dtype=np.float32) / flow.fps,
-                                             "magnitude": tensor_column(q), "scale": scale})
-                rows.append(ok_row(video_id, rows=n, **picture, node=node))
+        def write(video_id: str, value) -> dict:
+            q, scale, picture = value
+            n = q.shape[0]
+            writer.write_clip(video_id, {"frame": np.arange(n, dtype=np.int32),
+                                         "time": np.arange(n, dtype=np.float32) / flow.fps,
+                                         "magnitude": tensor_column(q), "scale": scale})
+            return {"rows": n, **picture}
+
+        rows = _ray_rows(work, journal, lost, write)
     journal.clear()
     return rows
 
@@ -481,16 +489,12 @@ def codes_shard(audio_dir: Path, out: Path, params: CodesFeatureParams, compute:
     first = next(found, None)
     n_codebooks = first.shape[0] if first is not None else codec_lib.num_codebooks(
         codec_lib.load_codec(params.codec, device="cpu"), params.bandwidth)
-    rows = []
     with codes_table_writer(out, params, n_codebooks) as writer:
-        for video_id, node, value in results(work, journal, lost):
-            if isinstance(value, Lost):
-                rows.append(_lost_row(video_id, value))
-            elif isinstance(value, str):
-                rows.append(failed_row(video_id, "unreadable", value, rows=0, node=node))
-            else:
-                _write_codes(writer, video_id, value)
-                rows.append(ok_row(video_id, rows=int(value.shape[1]), node=node))
+        def write(video_id: str, codes: np.ndarray) -> dict:
+            _write_codes(writer, video_id, codes)
+            return {"rows": int(codes.shape[1])}
+
+        rows = _ray_rows(work, journal, lost, write)
     journal.clear()
     log.info("codes %s: %s (K=%s)", shard, summary(rows), n_codebooks)
     return rows
