@@ -17,7 +17,7 @@ from pipeline.features import codec
 from pipeline.model import (PARTS, CrossAttentionFusion, MotionEncoder, V2MConfig, V2MModel, VisualEncoder,
                             apply_delay, build_model, codebook_cross_entropy, generate, generate_codes,
                             load_pretrained_decoder, preset_config, sample_top_k, tiny_config, undo_delay)
-from pipeline.model.encoders import AlignedCondition, code_grid, temporal_code
+from pipeline.model.encoders import ONSET_SLOTS, AlignedCondition, code_grid, onset_slots, temporal_code
 from pipeline.model.sampling import guide
 
 K, C, PAD = 4, 2048, 2048
@@ -468,7 +468,73 @@ def test_code_grid_of_the_feature_rates():
     frame, phase = code_grid(50, 2.0, 50.0)
     assert frame[:25].tolist() == [0] * 25 and frame[25:].tolist() == [1] * 25 and phase[24] == 24
     fresh = make_model(aligned_condition=True)
-    assert all(float(p.detach().abs().max()) == 0 for p in fresh.aligned.parameters())   # opens as it learns
+    # opens as it learns: every input projection, the phase code and the onset matrices start at zero
+    # (the features are zero, so the output route adds nothing either)
+    assert all(float(p.detach().abs().max()) == 0 for name, p in fresh.aligned.named_parameters()
+               if not name.startswith("output."))
+    assert torch.equal(fresh.aligned.output.weight, torch.eye(fresh.config.decoder_dim))
+    g = torch.Generator().manual_seed(3)
+    features = fresh.aligned(torch.randn(2, 3, fresh.config.visual_dim, generator=g),
+                             torch.randn(2, 6, fresh.config.motion_dim, generator=g), 75)
+    assert features.shape == (2, 75, fresh.config.decoder_dim) and float(features.abs().max()) == 0
+
+
+def test_onset_slots_put_each_change_on_the_frames_around_its_instant():
+    # 4 fps on a 50 Hz grid: map 1 at 0.25 s = code time 12.5 (mid frame 12), map 2 at 0.5 s = 25.0
+    source, slot, target = onset_slots(3, 60, 4.0, 50.0)
+    pairs = {(int(j), int(t)): int(k) for j, k, t in zip(source, slot, target)}
+    before = ONSET_SLOTS // 2      # slot of an instant at the frame's start
+    # map 1: frames 11 (instant 1.5 frames ahead), 12 (holds it, second half), 13 and 14 (after)
+    assert {t: k - before for (j, t), k in pairs.items() if j == 1} == {11: 3, 12: 1, 13: -1, 14: -3}
+    # map 2: frames 24 (1 frame ahead), 25 (starts with it), 26 and 27 (after); map 0 has no change
+    assert {t: k - before for (j, t), k in pairs.items() if j == 2} == {24: 2, 25: 0, 26: -2, 27: -4}
+    assert 0 not in source.tolist()
+    # clipped to the segment
+    _, _, target = onset_slots(3, 13, 4.0, 50.0)
+    assert target.max() == 12
+
+
+def test_the_onset_channel_puts_a_change_exactly_on_the_frames_around_its_instant():
+    """Only the onset matrices on, motion map 3 (0.75 s = code time 37.5) different from the others:
+    the aligned features are non-zero exactly at code frames 36 .. 39 (the change f_3 - f_2 at 37.5)
+    and, for the change back at map 4 (1.0 s = 50), 49 .. 52; the slot of frame 37 (instant in its second
+    half) differs from that of frame 36 (instant 1.5 frames ahead)."""
+    m = aligned_model()
+    with torch.no_grad():
+        for part in (m.aligned.visual, m.aligned.motion, m.aligned.change, m.aligned.phase):
+            for p in part.parameters():
+                p.zero_()
+    f = torch.zeros(1, 6, m.config.motion_dim)
+    f[0, 3] = torch.randn(m.config.motion_dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = m.aligned(torch.zeros(1, 3, m.config.visual_dim), f, 75)[0]
+    rows = (out.abs().sum(-1) > 0).nonzero().flatten().tolist()
+    assert rows == [36, 37, 38, 39, 49, 50, 51, 52]
+    assert torch.allclose(out[37], f[0, 3] @ m.aligned.onset[ONSET_SLOTS // 2 + 1], atol=1e-6)
+    assert torch.allclose(out[50], -f[0, 3] @ m.aligned.onset[ONSET_SLOTS // 2 + 0], atol=1e-6)
+
+
+def test_the_output_route_adds_the_features_before_the_heads_at_their_positions():
+    """With the input route cut (features zeroed at the embeddings), the features still reach the logits
+    through the output route, at exactly the positions they are given: nothing before them changes."""
+    m = aligned_model().eval()
+    codes = torch.randint(0, C, (1, K, 30), generator=torch.Generator().manual_seed(0))
+    delayed = apply_delay(codes, PAD)[0][:, :, :-1]
+    z = torch.zeros(1, 4, m.config.decoder_dim)
+    aligned = torch.zeros(1, 30, m.config.decoder_dim)
+    aligned[0, 20:] = torch.randn(10, m.config.decoder_dim, generator=torch.Generator().manual_seed(1))
+    # the input route off: a later hook takes back what the model's hook added to the embeddings
+    hook = m.decoder.model.decoder.embed_tokens[0].register_forward_hook(
+        lambda mod, args, out: out if m._aligned_input is None else out - m._aligned_input.to(out.dtype))
+    try:
+        with torch.no_grad():
+            with_features = m.decoder_logits(delayed, z, aligned)
+            without = m.decoder_logits(delayed, z)
+    finally:
+        hook.remove()
+    changed = (with_features - without).abs().amax(dim=-1)[0].amax(0) > 1e-6     # [positions]
+    # output only: position s changes iff its own row s is non-zero (no mixing through attention)
+    assert changed.nonzero().flatten().tolist() == list(range(20, 30))
 
 
 def test_a_motion_feature_at_t_reaches_exactly_the_positions_of_code_times_in_its_frame():
@@ -480,6 +546,7 @@ def test_a_motion_feature_at_t_reaches_exactly_the_positions_of_code_times_in_it
         for part in (m.aligned.visual, m.aligned.change, m.aligned.phase):
             for p in part.parameters():
                 p.zero_()
+        m.aligned.onset.zero_()             # its own test: the changes, around their instants
         m.aligned.motion.bias.zero_()       # content-free; it would reach every frame
     path = AlignedCondition(m.config.visual_dim, m.config.motion_dim, m.config.decoder_dim, 2.0, 4.0, 50.0)
     path.load_state_dict(m.aligned.state_dict())

@@ -15,7 +15,10 @@ time ``s - k``) gets the features of code time ``s``; a feature at time ``tau`` 
 the positions of code times in ``[tau, tau + 1 / fps)``. Codebook ``k`` of time ``t`` is predicted at
 position ``t + k``, which sees the features of code times up to ``t + k`` through causal
 self-attention (the video is known ahead; only the audio is causal). Positions past the last code
-time (the delay pattern's tail) get nothing.
+time (the delay pattern's tail) get nothing. The same features, through one more square map, are
+added to the decoder's last hidden state at the same positions (the *output route*: right before the
+codebook heads, so position ``s``'s codebook-0 logits, which predict code time ``s``, see the
+features of time ``s`` one linear map away).
 
 Classifier-free guidance: the null condition is ``Z = 0`` and no aligned features. MusicGen's
 attention projections have no bias, so zero keys and values make the cross-attention add exactly
@@ -249,6 +252,7 @@ class V2MModel(nn.Module):
         self._aligned_input: torch.Tensor | None = None
         if self.aligned is not None:
             self.decoder.model.decoder.embed_tokens[0].register_forward_hook(self._add_aligned_input)
+            self.decoder.model.decoder.layer_norm.register_forward_hook(self._add_aligned_output)
 
     # -- conditioning
 
@@ -314,6 +318,12 @@ class V2MModel(nn.Module):
 
     def _add_aligned_input(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         return output if self._aligned_input is None else output + self._aligned_input.to(output.dtype)
+
+    def _add_aligned_output(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        # the output route: the final layer norm's output [B, S, M] is what the K codebook heads read
+        if self._aligned_input is None:
+            return output
+        return output + self.aligned.output(self._aligned_input.to(output.dtype))
 
     def run_decoder(self, input_ids: torch.Tensor, z: torch.Tensor, aligned: torch.Tensor | None = None,
                     first_position: int = 0, **kwargs: Any) -> Any:
