@@ -341,7 +341,7 @@ def main() -> None:
                   if result.get("event_gain") is not None else "")
         log(f"[run] {name:<26} ce_true {result['ce_true']:.4f}  ce_shuffled {result['ce_shuffled']:.4f}  "
             f"gain {result['video_info_gain']:+.4f}{timing}  ({result['held_out_clips']} held-out clips, "
-            f"{result['held_out_events']} events, "
+            f"{result.get('held_out_events', 'no')} events, "
             f"{result['seconds']:.0f} s{', saved result reused' if result.get('reused') else ''})")
 
     def mode_name(aligned: bool) -> str:
@@ -367,7 +367,7 @@ def main() -> None:
                 passed[f"event_gain >= 0.5 mean, > 0 every seed ({mode_name(a)})"] = ev["mean"] >= 0.5 and ev["min"] > 0
                 passed[f"sync_gain > 0 every seed ({mode_name(a)})"] = figures["sync_gain"][mode_name(a)]["min"] > 0
     if "oracle" in wanted:
-        oracle = [by["oracle"][s]["video_info_gain"] for s in other_seeds]
+        oracle = [by["oracle", False][s]["video_info_gain"] for s in other_seeds]
         figures["oracle_gain"] = {"per_seed": dict(zip(map(str, other_seeds), oracle)), **spread(oracle)}
         if "video_info_gain" in figures:
             paper_video = figures["video_info_gain"]["mean"]
