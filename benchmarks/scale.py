@@ -15,7 +15,7 @@ the actor loads CLIP: ~3 s here) and ~20 ms per clip of task overhead in the mot
 therefore run on a shard-like number of clips by default (measured on 2 cores: ray/local 0.50 at 8
 clips, 0.81 at 48, 0.95 at 160; a V2M shard has 2000).
 
-Usage: python benchmarks/scale.py [--clips 160] [--seconds 6] [--node-cpus 1] [--skip-nodes]
+Usage: python benchmarks/scale.py [--clips 160] [--shard-clips 8] [--seconds 6] [--node-cpus 1] [--skip-nodes]
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def whole_shard(work: Path, manifest: Path, models: dict, clip: ClipParams, comp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--clips", type=int, default=160, help="clips of (a)")
+    parser.add_argument("--shard-clips", type=int, default=8, help="clips of (b), the first of (a)'s")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--node-cpus", type=int, default=1, help="CPUs of each worker node in (b)")
     parser.add_argument("--skip-nodes", action="store_true", help="only (a)")
@@ -125,6 +126,8 @@ def main() -> None:
         if args.skip_nodes:
             return
 
+        shard_manifest = write_manifest(scratch / "s0002.csv", [ManifestEntry(r["video_id"], (sample / r["video_file"]).as_uri())
+                                                                for r in labels[:args.shard_clips]])
         separate = SeparateParams(repo=str(scratch / "demucs"), device="cpu")
         save_random_from_params(separate)
         random_codec(seed=0).save_pretrained(scratch / "codec")
@@ -146,14 +149,14 @@ def main() -> None:
                 compute = ComputeParams(engine="ray", ray_address=cluster.address, scratch=str(scratch / f"e{nodes}"),
                                         **pools)
                 ray.init(address=cluster.address, log_to_driver=False)
-                times[nodes] = whole_shard(scratch / f"shard{nodes}", manifest, models, clip, compute)
+                times[nodes] = whole_shard(scratch / f"shard{nodes}", shard_manifest, models, clip, compute)
                 ray.shutdown()
                 shutil.rmtree(scratch / f"shard{nodes}", ignore_errors=True)
         finally:
             ray.shutdown()
             cluster.stop()
             shutil.rmtree(cluster.root, ignore_errors=True)
-        print(f"(b) shard download .. codes, {args.clips} clips, worker nodes of {args.node_cpus} CPU(s), head 0 CPUs:")
+        print(f"(b) shard download .. codes, {min(args.shard_clips, args.clips)} clips, worker nodes of {args.node_cpus} CPU(s), head 0 CPUs:")
         print(f"    1 node   {times[1]:7.1f} s")
         print(f"    2 nodes  {times[2]:7.1f} s   speedup {times[1] / times[2]:.2f}x")
 
