@@ -268,23 +268,6 @@ def test_accents_are_onsets_of_the_accompaniment_at_the_event_times(synth_set):
     assert max(errors) < 0.030, errors
 
 
-def test_every_accent_is_the_same_sound():
-    """One crash sample at every event of every clip (what makes its codes predictable from the picture):
-    the accent layer's waveform after each event time is the same, clip to clip and event to event."""
-    from pipeline.synth.music import _accents
-
-    heads = []
-    for index in range(3):
-        spec = sample_clip_spec(SampleParams(seconds=6.0, seed=5), index)
-        layer = _accents(spec, int(spec.seconds * spec.sample_rate))
-        for t in spec.event_times:
-            i0 = int(round(t * spec.sample_rate))
-            heads.append(layer[i0:i0 + int(0.02 * spec.sample_rate)])   # the first 20 ms, before any next event
-        assert np.abs(layer[:int(round(spec.event_times[0] * spec.sample_rate))]).max() == 0   # silent before
-    assert len(heads) >= 6 and float(np.abs(heads[0]).max()) > 0.1
-    assert all(np.array_equal(h, heads[0]) for h in heads[1:])
-
-
 def test_motion_only_event_frames_differ_from_the_frame_before_only_by_object_positions():
     spec = sample_clip_spec(SampleParams(seconds=6.0, seed=3, motion_only=True), 1)
     frames = list(render_frames(spec))

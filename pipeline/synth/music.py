@@ -126,41 +126,27 @@ def _drums(spec: ClipSpec, n: int, rng: np.random.Generator) -> np.ndarray:
 ACCENT_PARTIALS = ((587.0, 1.0), (869.0, 0.7), (1192.0, 0.5), (1608.0, 0.35))
 
 
-def _accent_sample(sr: int) -> np.ndarray:
-    """The accent's one waveform, [0.35 s * sr]: a bright noise burst plus a metallic pitched hit.
-
-    Like a drum machine's crash sample it is the same at every event of every clip (fixed noise
-    seed): what the listener, and the codec, hear at an event is one recognisable sound, so its codes
-    at the onset are predictable from the picture alone (a fresh noise draw per hit measured 340
-    distinct codebook-0 codes over 539 onsets in the embedded default, this one 37 over 272).
-    """
-    length = int(0.35 * sr)
-    t = np.arange(length) / sr
-    tail = _envelope(length, sr, 0.0, 0.1)
-    tone = sum(g * np.sin(2 * np.pi * f * t) for f, g in ACCENT_PARTIALS) * np.exp(-t / 0.12)
-    # a band of ~1.5-8 kHz (a moving average, then a difference): bright like a crash, yet below
-    # what AAC's low-pass and the 32 kHz codec drop, so the mix and the codes keep the accent
-    noise = np.random.default_rng(ACCENT_NOISE_SEED).standard_normal(length)
-    noise = np.diff(np.convolve(noise, np.ones(4) / 4, mode="same"), prepend=0.0)
-    noise /= noise.std() + 1e-12
-    return (0.3 * noise * np.exp(-t / 0.06) + 0.35 * tone) * tail
-
-
-ACCENT_NOISE_SEED = 13
-
-
 def _accents(spec: ClipSpec, n: int) -> np.ndarray:
-    """The accent sample (:func:`_accent_sample`) at every event time; [S].
+    """A loud crash-like accent at every event time: a bright noise burst plus a metallic pitched hit; [S].
 
     Starts exactly at the event's sample (no attack ramp: the onset is the event time), louder than
     the beat drums, and decays within ~0.3 s so the next event's onset stands on its own.
     """
     sr = spec.sample_rate
     out = np.zeros(n)
-    hit = _accent_sample(sr)
+    length = int(0.35 * sr)
+    t = np.arange(length) / sr
+    tail = _envelope(length, sr, 0.0, 0.1)
+    rng = np.random.default_rng([spec.seed, 13, int(spec.key), int(spec.bpm * 10)])
+    tone = sum(g * np.sin(2 * np.pi * f * t) for f, g in ACCENT_PARTIALS) * np.exp(-t / 0.12)
     for time in spec.event_times:
+        # a band of ~1.5-8 kHz (a moving average, then a difference): bright like a crash, yet below
+        # what AAC's low-pass and the 32 kHz codec drop, so the mix and the codes keep the accent
+        noise = np.diff(np.convolve(rng.standard_normal(length), np.ones(4) / 4, mode="same"), prepend=0.0)
+        noise /= noise.std() + 1e-12
+        hit = (0.3 * noise * np.exp(-t / 0.06) + 0.35 * tone) * tail
         i0 = int(round(time * sr))
-        m = min(len(hit), n - i0)
+        m = min(length, n - i0)
         out[i0:i0 + m] += hit[:m]
     return out
 
