@@ -99,8 +99,8 @@ def main() -> None:
         sample = scratch / "sample"
         render_sample_set(sample, SampleParams(n_clips=args.clips, seconds=args.seconds + 0.5), progress=False)
         labels = read_labels(sample)
-        manifest = write_manifest(scratch / "s0001.csv", [ManifestEntry(r["video_id"], (sample / r["video_file"]).as_uri())
-                                                          for r in labels])
+        entries = [ManifestEntry(r["video_id"], (sample / r["video_file"]).as_uri()) for r in labels]
+        manifest = write_manifest(scratch / "s0001.csv", entries)
         clip = ClipParams(seconds=args.seconds, min_seconds=args.seconds)
         download_shard(manifest, scratch / "raw", DownloadParams(scratch=str(scratch / "dl"), file_roots=(str(sample),)),
                        seconds=clip.seconds, progress=False)
@@ -126,8 +126,7 @@ def main() -> None:
         if args.skip_nodes:
             return
 
-        shard_manifest = write_manifest(scratch / "s0002.csv", [ManifestEntry(r["video_id"], (sample / r["video_file"]).as_uri())
-                                                                for r in labels[:args.shard_clips]])
+        shard_manifest = write_manifest(scratch / "s0002.csv", entries[:args.shard_clips])
         separate = SeparateParams(repo=str(scratch / "demucs"), device="cpu")
         save_random_from_params(separate)
         random_codec(seed=0).save_pretrained(scratch / "codec")

@@ -203,11 +203,10 @@ def onset_slots(frames: int, steps: int, fps: float, rate: float, device: torch.
     Returns:
         ``(source, slot, target)``, long ``[pairs]`` each: feature frame, slot, code frame.
     """
-    j = torch.arange(1, frames, device=device, dtype=torch.float64)
-    half = torch.floor(2 * j * rate / fps + 1e-9).long()
+    j = torch.arange(1, frames, device=device)
+    half = torch.floor(2 * j.double() * rate / fps + 1e-9).long()
     offsets = torch.arange(-ONSET_HALF_FRAMES_BEFORE, ONSET_HALF_FRAMES_AHEAD, device=device)
-    source, slot = torch.meshgrid(torch.arange(1, frames, device=device), torch.arange(ONSET_SLOTS, device=device),
-                                  indexing="ij")
+    source, slot = torch.meshgrid(j, offsets + ONSET_HALF_FRAMES_BEFORE, indexing="ij")
     twice_t = half[:, None] - offsets[None]       # 2 t for the pairs that exist
     keep = (twice_t % 2 == 0) & (twice_t >= 0) & (twice_t < 2 * steps)
     return source[keep], slot[keep], twice_t[keep] // 2
@@ -228,12 +227,11 @@ class AlignedCondition(nn.Module):
       repeated over ~12 code frames does not say at which of them the change starts, the phase does;
     - the *onset* channel: the change ``f_j - f_(j-1)`` again, at the code frames around the instant
       ``j / fps`` where it happens, projected by a matrix of its own for each offset of that instant
-      from the frame's start, in half code frames (:func:`onset_slots`, ``ONSET_HALF_FRAMES``). At
+      from the frame's start, in half code frames (:func:`onset_slots`, ``ONSET_SLOTS``). At
       4 fps and 50 Hz every other map starts mid code frame (``12.5 j``): a frame-start rule puts the
       change one frame late there, and an accent starting mid-frame already changes that frame's
-      codes. The slots reach back up to a frame and a half before the instant (the codec's encoder
-      looks a little ahead, so the frame before an accent already shows it), never after it: the
-      per-map paths above carry what follows.
+      codes. The slots run from the frame before the instant (the codec's encoder looks a little
+      ahead, so the frame before an accent already shows it) to two frames after it.
 
     The model adds the sum ``A [B, T, M]`` at two places: to the decoder's input embeddings and,
     through the square map :attr:`output` (no bias), to its last hidden state, right before the
