@@ -41,6 +41,7 @@ from pipeline.features.visual import save_random_clip  # noqa: E402
 from pipeline.separate import save_random_from_params, separate_shard  # noqa: E402
 from pipeline.status import summary  # noqa: E402
 from pipeline.synth import read_labels, render_sample_set  # noqa: E402
+from tests import private_network  # noqa: E402
 from tests.raycluster import LocalCluster  # noqa: E402
 
 
@@ -86,6 +87,9 @@ def main() -> None:
     parser.add_argument("--node-cpus", type=int, default=1, help="CPUs of each worker node in (b)")
     parser.add_argument("--skip-nodes", action="store_true", help="only (a)")
     args = parser.parse_args()
+    # Ray's servers listen on every interface: the benchmark's clusters live in a loopback-only network.
+    private_network.enter()
+    print(f"private network namespace: {private_network.state()}")
     import os
 
     import ray

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 
+import private_network
 from pipeline.config import FeaturesParams, SampleParams
 from pipeline.synth import read_labels, render_sample_set
 
 REPO = Path(__file__).resolve().parents[1]
 # Subprocesses (dvc, v2m) must find the same environment's programs as this interpreter.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Before any test starts a server: the session goes on in a network of its own (loopback only)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    private_network.enter(before_exec=capture.stop_global_capturing if capture else None)
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ from pipeline.synth import read_labels, render_sample_set
 from netservers import VideoServer, black_hole, dead_port, forwarding_proxy, status_proxy
 from conftest import REPO
 from raycluster import LocalCluster
+import private_network
 
 PASSWORD = "r4y-s3cr3t"
 VOLATILE = {"fetched_at", "realtime_factor", "node"}   # differ between any two runs
@@ -44,6 +45,9 @@ VOLATILE = {"fetched_at", "realtime_factor", "node"}   # differ between any two 
 
 @pytest.fixture(scope="module")
 def cluster():
+    if private_network.state() != "yes":
+        pytest.fail("the Ray test cluster runs only in a private network namespace (Ray's servers listen on every "
+                    f"interface); this session has none ({private_network.state()}); see tests/private_network.py")
     # Ray's unix socket paths must stay short: a short temp folder, not pytest's.
     root = Path(tempfile.mkdtemp(prefix="v2m-ray-", dir="/tmp"))
     cluster = LocalCluster(root)
@@ -125,6 +129,25 @@ def local(tmp_path_factory, sample, models) -> dict[str, Path]:
 
 def stable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
+
+
+def listening_tcp_ports() -> dict[int, str]:
+    """Listening TCP sockets of this network namespace (IPv4 and IPv6): port -> local address (hex as in /proc)."""
+    ports = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":
+                address, port = fields[1].split(":")
+                ports[int(port, 16)] = address
+    return ports
+
+
+def test_the_cluster_is_reachable_on_loopback_only(cluster):
+    """Ray's GCS listens on every interface of its network, and that network has only loopback."""
+    ports = listening_tcp_ports()
+    assert cluster.port in ports, f"the GCS port {cluster.port} is not listening in this namespace: {ports}"
+    assert private_network.interfaces() == ["lo"]
 
 
 def test_shard_on_the_cluster_equals_the_local_engine(tmp_path, cluster, sample, models, local):
