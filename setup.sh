@@ -7,19 +7,20 @@ cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-    echo "setup.sh: needs Python 3.11 (the CPU torch 2.13.0 wheel is cp311); set PYTHON=/path/to/python3.11" >&2
+    echo "setup.sh: needs Python 3.11 (the local torch 2.14.1 wheels are cp311); set PYTHON=/path/to/python3.11" >&2
     exit 1
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
-# torch first and alone, so nothing later can pull a CUDA build from the registry.
-"${PIP[@]}" install -q torch==2.13.0
+# torch and its matched torchvision first (local files: a CUDA build that also runs on the CPU), so nothing
+# later pulls another torch that torchvision or open_clip_torch would not load beside.
+"${PIP[@]}" install -q torch==2.14.1 torchvision==0.29.1
 "${PIP[@]}" install -q -c requirements.lock -e ".[dev]"
 # yt-dlp, and anyone at a shell, expect an `ffmpeg` program: use the one the wheel ships.
 ln -sf "$(.venv/bin/python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" .venv/bin/ffmpeg
-for bad in torchvision torchaudio timm open_clip_torch audiocraft; do
+for bad in torchaudio audiocraft; do
     if .venv/bin/python -m pip show -q "$bad" >/dev/null 2>&1; then
-        echo "setup.sh: $bad got installed; it breaks with the CPU torch here (see design notes)" >&2
+        echo "setup.sh: $bad got installed; it does not work with this torch (README: your stack)" >&2
         exit 1
     fi
 done

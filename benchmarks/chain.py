@@ -70,8 +70,8 @@ def main() -> None:
         references.append(reference[:, :steps * hop])
         true = torch.from_numpy(codes[:, :steps].astype(np.int64))
         seconds = media.probe(clip).duration
-        extracted = extract_video(clip, visual=features.clip, encoder=generator.clip,
-                                  flow=features.flow if config.use_motion else None)
+        extracted = extract_video(clip, visual=features.visual, encoder=generator.clip_model,
+                                  motion=features.motion if config.use_motion else None)
         visual = _fill(torch.from_numpy(extracted.tokens.astype(np.float32)), round(seconds * config.visual_fps))
         visual = visual[_frames_of(0, steps, config.visual_fps / config.codes_rate)][None]
         motion = None

@@ -66,15 +66,15 @@ def worker(name: str, data: Path, min_seconds: float, quick: bool) -> dict:
                                progress=False)
             return float(len(rows))
     elif name == "visual":
-        from pipeline.features.visual import random_clip
+        from pipeline.features.visual import TransformersVisual, random_clip_model
 
         arch = dict(num_hidden_layers=2) if quick else {}
-        model = random_clip(seed=0, **arch).eval()
+        model = TransformersVisual(random_clip_model(seed=0, **arch).eval())
         inputs = [ClipInput(c["video_id"], Path(c["path"]), c["seconds"]) for c in clips]
         params = VisualFeatureParams(model="random ViT-B/32", batch_size=32)
 
         def step() -> float:
-            rows = extract_tables(inputs, visual=params, model=model, clip_out=data / "clip.parquet", progress=False)
+            rows = extract_tables(inputs, visual=params, model=model, visual_out=data / "clip.parquet", progress=False)
             return float(sum(r["rows"] for r in rows))
     elif name == "train":
         from pipeline.features.recipe import StreamRates

@@ -24,11 +24,11 @@ import pipeline  # noqa: F401  (first: the thread policy's OpenMP wait setting m
 import torch  # noqa: E402
 
 from pipeline import media, threads
-from pipeline.config import CodesFeatureParams, FlowFeatureParams, SampleParams, VisualFeatureParams
+from pipeline.config import CodesFeatureParams, MotionFeatureParams, SampleParams, VisualFeatureParams
 from pipeline.features import codec as codec_lib
 from pipeline.features.extract import ClipInput, codes_table, extract_tables
 from pipeline.features.store import FeatureReader
-from pipeline.features.visual import encode_frames, preprocess, random_clip
+from pipeline.features.visual import TransformersVisual, encode_frames, preprocess, random_clip_model
 from pipeline.synth import read_labels, render_sample_set
 
 
@@ -39,14 +39,14 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--flow-size", type=int, default=FlowFeatureParams().size,
-                        help="features.flow.size (what a cheaper flow would buy)")
+    parser.add_argument("--flow-size", type=int, default=MotionFeatureParams().size,
+                        help="features.motion.size (what a cheaper flow would buy)")
     args = parser.parse_args()
     threads.apply()
     visual = VisualFeatureParams(batch_size=args.batch_size, model="random ViT-B/32")
-    flow = FlowFeatureParams(size=args.flow_size)
+    flow = MotionFeatureParams(size=args.flow_size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = random_clip(seed=0).to(device).eval()
+    model = random_clip_model(seed=0).to(device).eval()
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         render_sample_set(scratch / "clips", SampleParams(n_clips=args.clips, seconds=args.seconds, width=args.width,
@@ -62,16 +62,16 @@ def main() -> None:
         clip_alone = time.perf_counter() - start
 
         start = time.perf_counter()
-        extract_tables(clips, visual=visual, model=model, clip_out=scratch / "clip-only.parquet", progress=False)
+        extract_tables(clips, visual=visual, model=TransformersVisual(model), visual_out=scratch / "clip-only.parquet", progress=False)
         visual_stage = time.perf_counter() - start
 
         start = time.perf_counter()
-        extract_tables(clips, flow=flow, flow_out=scratch / "flow-only.parquet", flow_workers=2, progress=False)
+        extract_tables(clips, motion=flow, motion_out=scratch / "flow-only.parquet", motion_workers=2, progress=False)
         motion_stage = time.perf_counter() - start
 
         start = time.perf_counter()
-        extract_tables(clips, visual=visual, model=model, flow=flow, clip_out=scratch / "clip.parquet",
-                       flow_out=scratch / "flow.parquet", flow_workers=1, progress=False)
+        extract_tables(clips, visual=visual, model=TransformersVisual(model), motion=flow, visual_out=scratch / "clip.parquet",
+                       motion_out=scratch / "flow.parquet", motion_workers=1, progress=False)
         whole = time.perf_counter() - start
 
         audio_dir = scratch / "audio"

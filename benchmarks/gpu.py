@@ -8,7 +8,7 @@
 2. Generation at small size: 30 s of music with CFG 3 and the KV cache (bf16 autocast), as a multiple
    of real time (seconds of music per second of compute), with the dynamic and the static cache.
 3. CLIP ViT-B/32 (random weights, same cost): frames/s through ``encode_frames`` in float32 (the
-   stage's default ``features.clip.dtype``) and float16.
+   stage's default ``features.visual.dtype``) and float16.
 4. Demucs with htdemucs's architecture (48 channels, depth 4, 5 transformer layers, dconv_mode 3,
    bottom_channels 512, 4 sources, 7.8 s segments: 41.98M parameters; random weights): ``apply_model`` on 60 s of stereo 44.1 kHz
    audio, overlap 0.25, no shifts: x real time.
@@ -110,11 +110,11 @@ def generation(seconds: float, size: str = "small") -> None:
 
 
 def clip_frames(frames: int, batches: tuple[int, int] = (256, 512)) -> None:
-    from pipeline.features.visual import encode_frames, random_clip
+    from pipeline.features.visual import encode_frames, random_clip_model
 
     pixels = torch.randn(frames, 3, 224, 224)
     for dtype, batch in zip((torch.float32, torch.float16 if DEVICE == "cuda" else torch.bfloat16), batches):
-        model = random_clip(seed=0).to(DEVICE, dtype).eval()
+        model = random_clip_model(seed=0).to(DEVICE, dtype).eval()
         per_run = timed(lambda: encode_frames(model, pixels, batch))
         print(f"CLIP ViT-B/32 ({str(dtype).split('.')[-1]}, batch {batch}): {frames / per_run:,.0f} frames/s "
               f"(host-to-device copy and float16 tokens back to the CPU included)")

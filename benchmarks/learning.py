@@ -32,7 +32,7 @@ paper's mode. ``--figures`` picks which of video (a + d), oracle (b), motion (c)
 
 Data, built as the stages build it: v2m-synth rendered by ``render_sample_set`` (``--clips``
 clips of ``sample.seconds``, features over the first ``clip.seconds``); CLIP ViT-B/32 tokens from
-a random-weights model (``save_random_clip`` with ``features.clip.init_seed``, as ``clip_init``);
+a random-weights model (``save_random_clip_model`` with ``features.visual.init_seed``, as ``visual_init``);
 Farneback flow; EnCodec 32 kHz codes from a random codec whose codebooks are calibrated on the
 set's train-split audio (``save_calibrated_random_codec``, as ``codec_init``). The target audio is
 the CLEAN accompaniment stem the synth writes, resampled to 32 kHz mono: no Demucs here (the
@@ -72,7 +72,7 @@ from pipeline.config import as_dict, load_params
 from pipeline.features import codec as codec_lib
 from pipeline.features.extract import ClipInput, codes_table, extract_tables
 from pipeline.features.store import FeatureShard, ShardWriter, tensor_column
-from pipeline.features.visual import load_clip, save_random_clip
+from pipeline.features.visual import load_visual_model, save_random_clip_model
 from pipeline.files import atomic_path
 from pipeline.split import assign, ids_in
 from pipeline.status import OK, summary
@@ -81,7 +81,7 @@ from pipeline.train.experiment import code_fingerprint, run_identity, run_traini
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = "s0000"
-FORMAT = 3               # bump when the cached feature layout below or what v2m-synth renders changes
+FORMAT = 4               # bump when the cached feature layout below or what v2m-synth renders changes
 TARGET_RATE = 32_000
 BPM_BINS = 32
 FIGURES = ("video", "oracle", "motion")
@@ -121,16 +121,16 @@ def build_set(work: Path, name: str, sample, clip, features, split, clip_model_d
     seconds["audio"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    visual = dataclasses.replace(features.clip, model=str(clip_model_dir))
-    model = load_clip(clip_model_dir, device=visual.device, dtype=visual.dtype)
+    visual = dataclasses.replace(features.visual, model=str(clip_model_dir))
+    model = load_visual_model(visual)
     clips = [ClipInput(row["video_id"], root / "synth" / row["video_file"], clip.seconds) for row in labels]
     feature_root = root / "features"
-    rows = extract_tables(clips, visual=visual, model=model, flow=features.flow,
-                          clip_out=feature_root / "clip" / f"{SHARD}.parquet",
-                          flow_out=feature_root / "flow" / f"{SHARD}.parquet",
-                          flow_workers=os.cpu_count() or 1, progress=False, desc=name)
-    _check(rows, f"{name} clip/flow")
-    seconds["clip+flow"] = time.perf_counter() - start
+    rows = extract_tables(clips, visual=visual, model=model, motion=features.motion,
+                          visual_out=feature_root / "visual" / f"{SHARD}.parquet",
+                          motion_out=feature_root / "motion" / f"{SHARD}.parquet",
+                          motion_workers=os.cpu_count() or 1, progress=False, desc=name)
+    _check(rows, f"{name} visual/motion")
+    seconds["visual+motion"] = time.perf_counter() - start
     del model
 
     # codec_init: random EnCodec, codebooks fitted on this set's train-split audio
@@ -176,11 +176,11 @@ def build_oracle(data: dict, sample, visual_params) -> Path:
     """A clip-table shard of label encodings (same schema, ids and row counts as the set's CLIP shard),
     beside a link to the set's codes shard: the feature root of the oracle runs."""
     root = data["root"] / "oracle"
-    clip_shard = FeatureShard(data["root"] / "features" / "clip" / f"{SHARD}.parquet")
+    clip_shard = FeatureShard(data["root"] / "features" / "visual" / f"{SHARD}.parquet")
     tokens_type = clip_shard.file.schema_arrow.field("tokens").type
     n_tokens, width = tokens_type.shape
-    out = root / "clip" / f"{SHARD}.parquet"
-    with ShardWriter(out, "clip", [pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
+    out = root / "visual" / f"{SHARD}.parquet"
+    with ShardWriter(out, "visual", [pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
                                    pa.field("tokens", tokens_type)],
                      {"model": "v2m-synth labels (oracle)", "params": dataclasses.asdict(visual_params),
                       "hidden_state": "labels",
@@ -297,7 +297,7 @@ def main() -> None:
     m, t = params["model"], params["train"]
     log(f"config: v2m-synth {args.clips} clips of {sample.seconds:g} s ({sample.width}x{sample.height} at "
         f"{sample.fps} fps, seed {sample.seed}), features over the first {clip.seconds:g} s; CLIP ViT-B/32 RANDOM "
-        f"weights at {features.clip.fps} fps; Farneback flow at {features.flow.fps} fps, {features.flow.size}px; "
+        f"weights at {features.visual.fps} fps; Farneback flow at {features.motion.fps} fps, {features.motion.size}px; "
         f"EnCodec 32 kHz random, codebooks calibrated on the train split; targets: the CLEAN accompaniment stems "
         f"at 32 kHz mono (no Demucs)")
     log(f"config: model {m.size}, tokens_per_frame {m.tokens_per_frame}, condition_dropout {m.condition_dropout}; "
@@ -307,9 +307,9 @@ def main() -> None:
         f"(model.seed = train.seed); "
         f"{torch.get_num_threads()} torch threads; work {work}")
 
-    clip_dir = work / "models" / f"clip-random-{features.clip.init_seed}"
+    clip_dir = work / "models" / f"visual-random-{features.visual.init_seed}"
     if not (clip_dir / "config.json").is_file():
-        save_random_clip(clip_dir, seed=features.clip.init_seed)
+        save_random_clip_model(clip_dir, seed=features.visual.init_seed)
     set_names = {"synth": False, "synth-motion-only": True}
     needed = ((["synth"] if {"video", "oracle"} & set(wanted) else [])
               + (["synth-motion-only"] if "motion" in wanted else []))
@@ -323,7 +323,7 @@ def main() -> None:
     if "video" in wanted:
         plan += [("video", "synth", sets["synth"]["root"] / "features", True, a, s) for a in modes for s in seeds]
     if "oracle" in wanted:
-        oracle_root = build_oracle(sets["synth"], sample, features.clip)
+        oracle_root = build_oracle(sets["synth"], sample, features.visual)
         plan += [("oracle", "synth", oracle_root, False, False, s) for s in other_seeds]
     if "motion" in wanted:
         plan += [(f"motion-{'on' if on else 'off'}", "synth-motion-only", sets["synth-motion-only"]["root"] / "features",

@@ -34,10 +34,10 @@ from pipeline.acquire.clip import clip_shard  # noqa: E402
 from pipeline.acquire.download import download_shard  # noqa: E402
 from pipeline.acquire.manifest import ManifestEntry, write_manifest  # noqa: E402
 from pipeline.config import (ClipParams, CodesFeatureParams, ComputeParams, DownloadParams,  # noqa: E402
-                             FlowFeatureParams, ModelActorParams, SampleParams, SeparateParams, VisualFeatureParams)
+                             MotionFeatureParams, ModelActorParams, SampleParams, SeparateParams, VisualFeatureParams)
 from pipeline.features.codec import random_codec  # noqa: E402
 from pipeline.features.extract import codes_shard, motion_shard, visual_shard  # noqa: E402
-from pipeline.features.visual import save_random_clip  # noqa: E402
+from pipeline.features.visual import save_random_clip_model  # noqa: E402
 from pipeline.separate import save_random_from_params, separate_shard  # noqa: E402
 from pipeline.status import summary  # noqa: E402
 from pipeline.synth import read_labels, render_sample_set  # noqa: E402
@@ -45,7 +45,7 @@ from tests import private_network  # noqa: E402
 from tests.raycluster import LocalCluster  # noqa: E402
 
 
-def feature_stages(clips: Path, out: Path, visual: VisualFeatureParams, flow: FlowFeatureParams,
+def feature_stages(clips: Path, out: Path, visual: VisualFeatureParams, flow: MotionFeatureParams,
                    compute: ComputeParams | None, workers: int) -> dict[str, float]:
     """Wall seconds of visual and of motion over ``clips``."""
     start = time.perf_counter()
@@ -67,7 +67,7 @@ def whole_shard(work: Path, manifest: Path, models: dict, clip: ClipParams, comp
     stages["separate"] = separate_shard(clips, separated, models["separate"], target_rate=clip.target_rate,
                                         progress=False, compute=compute)
     stages["visual"] = visual_shard(clips, work / "clip.parquet", models["visual"], compute, progress=False)
-    stages["motion"] = motion_shard(clips, work / "flow.parquet", FlowFeatureParams(), compute, progress=False)
+    stages["motion"] = motion_shard(clips, work / "flow.parquet", MotionFeatureParams(), compute, progress=False)
     stages["codes"] = codes_shard(separated, work / "codes.parquet", models["codes"], compute, progress=False)
     elapsed = time.perf_counter() - start
     # A time of work that failed would mean nothing.
@@ -109,14 +109,14 @@ def main() -> None:
         download_shard(manifest, scratch / "raw", DownloadParams(scratch=str(scratch / "dl"), file_roots=(str(sample),)),
                        seconds=clip.seconds, progress=False)
         clip_shard(scratch / "raw", scratch / "clips", clip, progress=False)
-        save_random_clip(scratch / "clip-model", 0)
+        save_random_clip_model(scratch / "clip-model", 0)
         visual = VisualFeatureParams(model=str(scratch / "clip-model"), device="cpu")
-        flow = FlowFeatureParams()
+        flow = MotionFeatureParams()
         content = args.clips * args.seconds
 
         local = feature_stages(scratch / "clips", scratch / "local", visual, flow, None, workers=cpus)
         pool = ModelActorParams(actors=1, cpus=float(cpus), batch_size=4)
-        here = ComputeParams(engine="ray", scratch=str(scratch / "engine"), clip=pool, flow_cpus=1.0)
+        here = ComputeParams(engine="ray", scratch=str(scratch / "engine"), visual=pool, motion_cpus=1.0)
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)   # startup is not the stage's cost
         on_ray = feature_stages(scratch / "clips", scratch / "ray", visual, flow, here, workers=cpus)
         ray.shutdown()
@@ -147,7 +147,7 @@ def main() -> None:
                     ray.init(address=cluster.address, log_to_driver=False)
                     cluster.start_worker(cpus=args.node_cpus)
                     ray.shutdown()
-                pools = dict(separate=dataclasses.replace(node_pool, actors=nodes), clip=dataclasses.replace(node_pool, actors=nodes),
+                pools = dict(separate=dataclasses.replace(node_pool, actors=nodes), visual=dataclasses.replace(node_pool, actors=nodes),
                              codec=dataclasses.replace(node_pool, actors=nodes))
                 compute = ComputeParams(engine="ray", ray_address=cluster.address, scratch=str(scratch / f"e{nodes}"),
                                         **pools)

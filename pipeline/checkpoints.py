@@ -59,6 +59,29 @@ def local_checkpoint(source: str | Path, *, label: str, where_from: str,
     return folder
 
 
+def checkpoint_file(source: str | Path, *, names: tuple[str, ...], label: str, where_from: str,
+                    cache_dir: str | Path | None = None) -> Path:
+    """A single-file checkpoint: ``source`` itself when it is a file, else the first of ``names`` in folder
+    ``source`` or in the cached snapshot of hub id ``source``.
+
+    Raises:
+        FileNotFoundError: none of that exists; the message names what was looked for and ``where_from``.
+    """
+    if Path(source).is_file():
+        return Path(source)
+    folder = Path(source)
+    if not folder.is_dir():
+        try:
+            folder = Path(snapshot_download(str(source), local_files_only=True, cache_dir=cache_dir))
+        except (HFValidationError, OSError) as exc:
+            raise FileNotFoundError(f"{label} {str(source)!r}: no such file or folder, and no such hub id in the "
+                                    f"local Hugging Face cache; {where_from}") from exc
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{label} folder {folder} holds none of {', '.join(names)}; {where_from}")
+
+
 def is_random_stand_in(config: Mapping[str, Any] | object) -> bool:
     """True for the config (a mapping or a ``PretrainedConfig``) of a random-weights stand-in."""
     if isinstance(config, Mapping):

@@ -18,7 +18,7 @@ from pipeline import config, timing
 from pipeline.errors import use_thread_policy, user_errors
 from pipeline.media import ffmpeg_exe
 
-FORBIDDEN_PACKAGES = ("torchvision", "torchaudio", "timm", "open_clip_torch", "audiocraft")
+FORBIDDEN_PACKAGES = ("torchaudio", "audiocraft")
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -160,7 +160,8 @@ def _cmd_doctor(args: argparse.Namespace) -> None:
     problems = []
     print(f"python      {sys.version.split()[0]}")
     print(f"torch       {torch.__version__} (cuda: {torch.cuda.is_available()})")
-    for name in ("transformers", "dvc", "av", "yt-dlp", "demucs", "accelerate", "pyarrow"):
+    for name in ("torchvision", "open_clip_torch", "transformers", "dvc", "av", "yt-dlp", "demucs", "accelerate",
+                 "pyarrow"):
         print(f"{name:<11} {importlib.metadata.version(name)}")
     try:
         ffmpeg = ffmpeg_exe()
@@ -171,7 +172,7 @@ def _cmd_doctor(args: argparse.Namespace) -> None:
     for name in FORBIDDEN_PACKAGES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             importlib.metadata.version(name)
-            problems.append(f"{name} is installed; it does not work with the CPU torch here")
+            problems.append(f"{name} is installed; it does not work with this torch (README: your stack)")
     for problem in problems:
         print(f"v2m doctor: {problem}", file=sys.stderr)
     if problems:

@@ -343,16 +343,19 @@ class SeparateParams:
 class VisualFeatureParams:
     """CLIP ViT-B/32 patch tokens (stage `visual`)."""
 
-    model: str = param("models/clip-random", doc="local CLIPVisionModel folder, or a hub id in the local cache")
+    backend: str = param("transformers", choices=("transformers", "open_clip"),
+                         doc="transformers: a CLIPVisionModel; open_clip: open_clip's ViT-B-32 (same tokens)")
+    model: str = param("models/visual-random", doc="transformers: a CLIPVisionModel folder or cached hub id; "
+                                                   "open_clip: a ViT-B-32 weights file, or a folder/hub id holding one")
     fps: int = param(2, lo=1, hi=30, doc="frames per second encoded")
     batch_size: int = param(32, lo=1, hi=4096, doc="frames per CLIP forward (across clips)")
     device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when present")
     dtype: str = param("float32", choices=("float32", "bfloat16", "float16"), doc="compute precision")
-    init_seed: int = param(0, lo=0, doc="seed of the embedded default's random CLIP (stage clip_init)")
+    init_seed: int = param(0, lo=0, doc="seed of the embedded default's random CLIP (stage visual_init)")
 
 
 @dataclasses.dataclass(frozen=True)
-class FlowFeatureParams:
+class MotionFeatureParams:
     """Farneback optical-flow magnitude maps (stage `motion`); the OpenCV parameters are Farneback's."""
 
     fps: int = param(4, lo=1, hi=30, doc="grayscale frames per second")
@@ -390,10 +393,10 @@ class CodesFeatureParams:
 @section("features")
 @dataclasses.dataclass(frozen=True)
 class FeaturesParams:
-    """The feature cache: data/features/{clip,flow,codes}/<shard>.parquet."""
+    """The feature cache: data/features/{visual,motion,codes}/<shard>.parquet."""
 
-    clip: VisualFeatureParams = param(VisualFeatureParams(), doc="CLIP tokens")
-    flow: FlowFeatureParams = param(FlowFeatureParams(), doc="optical flow magnitude")
+    visual: VisualFeatureParams = param(VisualFeatureParams(), doc="CLIP tokens (the CLIP model's side: `visual`)")
+    motion: MotionFeatureParams = param(MotionFeatureParams(), doc="optical flow magnitude")
     codes: CodesFeatureParams = param(CodesFeatureParams(), doc="EnCodec codes")
 
 
@@ -421,9 +424,9 @@ class ComputeParams:
     ray_address: str = param("", doc="'' = start Ray on this machine; 'auto', HOST:PORT or ray://HOST:PORT = join it")
     download_cpus: float = param(0.25, lo=0.0, hi=64.0, doc="CPUs per download task (I/O bound)")
     clip_cpus: float = param(1.0, lo=0.0, hi=64.0, doc="CPUs per clip task (ffmpeg)")
-    flow_cpus: float = param(1.0, lo=0.0, hi=64.0, doc="CPUs per optical-flow task")
+    motion_cpus: float = param(1.0, lo=0.0, hi=64.0, doc="CPUs per optical-flow task (stage motion)")
     separate: ModelActorParams = param(ModelActorParams(), doc="Demucs actor pool")
-    clip: ModelActorParams = param(ModelActorParams(), doc="CLIP actor pool")
+    visual: ModelActorParams = param(ModelActorParams(), doc="CLIP actor pool (stage visual)")
     codec: ModelActorParams = param(ModelActorParams(), doc="EnCodec actor pool")
     max_retries: int = param(3, lo=0, hi=100, doc="retries of a task whose worker died, then a failed status row")
     scratch: str = param(".cache/v2m/engine", doc="per-video results of an unfinished ray run (resume), outside DVC outputs")

@@ -2,7 +2,7 @@
 
 No dataset or weights can be downloaded where this project is built, so four stages make stand-ins:
 ``sample`` renders v2m-synth (shard ``s0000``), ``separator_init`` a small HTDemucs trained a few
-steps on its stems, ``clip_init`` a random-weights CLIP ViT-B/32 and ``codec_init`` a random EnCodec
+steps on its stems, ``visual_init`` a random-weights CLIP ViT-B/32 and ``codec_init`` a random EnCodec
 32 kHz with calibrated codebooks. Each model stand-in is built only when the params use it: the
 model's params key names the stand-in's folder (the stage's DVC output). Otherwise (real weights or real data configured) the stage writes a one-line marker
 :data:`SKIPPED_FILE` into its output folder saying why, and ends in about a second: the heavy
@@ -22,7 +22,7 @@ SKIPPED_FILE = "SKIPPED.txt"
 SAMPLE_DIR = Path("data/sample")
 SAMPLE_SHARD = "s0000"
 SEPARATOR_DIR = Path("models/demucs-v2m")
-CLIP_DIR = Path("models/clip-random")
+VISUAL_DIR = Path("models/visual-random")
 CODEC_DIR = Path("models/encodec-calibrated")
 
 
@@ -94,16 +94,21 @@ def init_separator(params: SeparateParams, split: SplitParams, stems: Path = SAM
             f"{len(pairs)} synthetic train clips (NOT htdemucs weights)")
 
 
-def init_clip(visual: VisualFeatureParams, out: Path = CLIP_DIR) -> str:
+def init_visual(visual: VisualFeatureParams, out: Path = VISUAL_DIR) -> str:
     """The embedded CLIP (ViT-B/32 architecture, RANDOM weights, seed ``init_seed``) into ``out`` when
-    ``features.clip.model`` names it; skipped when it names another folder or hub id."""
+    ``features.visual.model`` names it; skipped when it names another folder or hub id."""
     if not uses_stand_in(visual.model, out):
-        return write_skipped(out, f"clip_init: skipped: features.clip.model is {visual.model} (real weights), "
+        return write_skipped(out, f"visual_init: skipped: features.visual.model is {visual.model} (real weights), "
                                   f"not the embedded CLIP's folder {out}")
-    from pipeline.features.visual import save_random_clip
+    if visual.backend == "open_clip":
+        from pipeline.features.open_clip_backend import save_random_open_clip
 
-    save_random_clip(out, seed=visual.init_seed)
-    return f"clip_init: wrote {out} (CLIP ViT-B/32 architecture, RANDOM weights)"
+        save_random_open_clip(out, seed=visual.init_seed)
+        return f"visual_init: wrote {out} (open_clip ViT-B-32, RANDOM weights)"
+    from pipeline.features.visual import save_random_clip_model
+
+    save_random_clip_model(out, seed=visual.init_seed)
+    return f"visual_init: wrote {out} (CLIP ViT-B/32 architecture, RANDOM weights)"
 
 
 def init_codec(codes: CodesFeatureParams, split: SplitParams, separated_root: Path = Path("data/separated"),
@@ -136,5 +141,5 @@ def init_codec(codes: CodesFeatureParams, split: SplitParams, separated_root: Pa
     return f"codec_init: wrote {out} from {len(train)} train clips of {calibration.shard}: {stats}"
 
 
-__all__ = ["CLIP_DIR", "CODEC_DIR", "SAMPLE_DIR", "SAMPLE_SHARD", "SEPARATOR_DIR", "SKIPPED_FILE", "init_clip",
+__all__ = ["VISUAL_DIR", "CODEC_DIR", "SAMPLE_DIR", "SAMPLE_SHARD", "SEPARATOR_DIR", "SKIPPED_FILE", "init_visual",
            "init_codec", "init_sample", "init_separator", "skipped_reason", "uses_stand_in", "write_skipped"]

@@ -37,7 +37,7 @@ from pipeline.device import resolve_device, torch_threads
 from pipeline.features import codec as codec_lib
 from pipeline.features.extract import extract_video
 from pipeline.features.recipe import FeatureRecipe, read_recipe
-from pipeline.features.visual import ClipEncoder
+from pipeline.features.visual import ClipModelEncoder
 from pipeline.model.sampling import generate_codes, quantize_decoder
 from pipeline.files import atomic_path
 from pipeline.model.v2m import V2MConfig, V2MModel
@@ -57,7 +57,7 @@ class Generator:
     """A loaded model with what its inputs and outputs need: CLIP, the codec and the recipe."""
 
     model: V2MModel
-    clip: ClipEncoder
+    clip_model: ClipModelEncoder
     codec: object
     recipe: FeatureRecipe
     device: str
@@ -81,8 +81,7 @@ class Generator:
         if cpu_quantize and device == "cpu":
             quantize_decoder(model)
         features = recipe.features
-        clip = ClipEncoder.load(features.clip.model, batch_size=features.clip.batch_size, device=device,
-                                dtype=features.clip.dtype)
+        clip = ClipModelEncoder.load(features.visual, device=device)
         codec = codec_lib.load_codec(features.codes.codec, device=device)
         return cls(model, clip, codec, recipe, device)
 
@@ -192,8 +191,8 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
     window_steps, prompt_steps = window_steps_of(params, generator.recipe)
     total_steps = int(round(seconds * config.codes_rate))
 
-    extracted = extract_video(video, visual=features.clip, encoder=generator.clip,
-                              flow=features.flow if config.use_motion else None)
+    extracted = extract_video(video, visual=features.visual, encoder=generator.clip_model,
+                              motion=features.motion if config.use_motion else None)
     visual = _fill(torch.from_numpy(extracted.tokens.astype(np.float32)), round(seconds * config.visual_fps))
     motion = None
     if config.use_motion:

@@ -2,7 +2,7 @@
 
 The folder holds everything it shows (plots, generated and ground-truth videos, generated audio),
 linked by relative paths, so it opens from ``file://`` and still works when moved or archived.
-Nothing is fetched from a network: the CSS and the small media-state script are inline.
+Nothing is fetched from a network: the CSS and the small media-state script (``pipeline/assets``) are inlined into the page.
 
 The folder is written whole to a temporary sibling and renamed over the old one
 (:func:`pipeline.files.atomic_path`), so a failed build leaves the previous report as it was.
@@ -29,6 +29,7 @@ import json
 import math
 import re
 import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
@@ -91,7 +92,7 @@ REASON_KEYS = {
 COUNT_KEYS = ("pairs", "frames", "segments")
 
 # Meanings of the learning figures that have a documented definition; other keys show without one.
-BENCHMARK_MEANINGS = {
+LEARNING_MEANINGS = {
     "ce_true": "held-out cross-entropy with each clip's own video (nats/token); lower is better",
     "ce_shuffled": "held-out cross-entropy with other clips' videos, codes unchanged (nats/token)",
     "video_info_gain": "ce_shuffled − ce_true: how much the right video helps predict the music "
@@ -116,91 +117,13 @@ BENCHMARK_MEANINGS = {
                          "(nats/token)",
 }
 
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
-       padding: 0 1rem; color: #1d1d1f; background: #fff; line-height: 1.4; }
-h1 { margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
-.notice { border: 2px solid #c77700; background: #fff4e0; padding: .8rem 1rem; border-radius: 6px;
-          font-size: 1.05rem; margin: 1rem 0; white-space: pre-line; }
-#media-status { color: #555; font-size: .9rem; }
-#media-status.bad { color: #b00020; font-weight: bold; }
-table { border-collapse: collapse; margin: .6rem 0; font-size: .92rem; }
-th, td { border: 1px solid #ddd; padding: .3rem .6rem; text-align: left; vertical-align: top; }
-th { background: #f4f4f6; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.missing { color: #8a5a00; }
-.meaning { color: #555; }
-.scroll { overflow-x: auto; }
-figure { margin: .5rem 1rem .5rem 0; }
-figcaption { font-size: .9rem; color: #444; }
-.plots img { max-width: 100%; border: 1px solid #eee; }
-.clip { border-top: 1px solid #eee; padding-top: .5rem; margin-top: 1rem; }
-.pair { display: flex; flex-wrap: wrap; align-items: flex-start; }
-.pair figure { flex: 0 1 480px; min-width: 240px; }
-.pair video { display: block; width: 100%; aspect-ratio: 16 / 9; background: #000; }
-.pair audio { display: block; width: 100%; }
-.file-link { font-size: .85rem; }
-.placeholder { width: 100%; aspect-ratio: 16 / 9; display: flex; align-items: center; justify-content: center;
-               background: #f4f4f6; color: #666; border: 1px dashed #bbb; }
-.media-error { display: block; color: #b00020; font-weight: bold; font-size: .9rem; }
-"""
 
-SCRIPT = """
-(function () {
-  var els = Array.prototype.slice.call(document.querySelectorAll('video, audio, img'));
-  var pending = els.length, failed = 0;
-  function finish() {
-    document.body.setAttribute('data-media-errors', String(failed));
-    document.body.setAttribute('data-media-ready', 'yes');
-    var status = document.getElementById('media-status');
-    if (status) {
-      status.textContent = failed ? failed + ' of ' + els.length + ' media files could not load (marked below).'
-                                  : 'All ' + els.length + ' media files loaded.';
-      if (failed) status.className = 'bad';
-    }
-  }
-  function settle(el, state, why) {
-    if (el.hasAttribute('data-state')) return;
-    el.setAttribute('data-state', state);
-    if (state === 'loaded' && el.tagName !== 'IMG') {
-      el.setAttribute('data-duration', String(el.duration));
-      if (el.tagName === 'VIDEO') el.setAttribute('data-size', el.videoWidth + 'x' + el.videoHeight);
-    }
-    if (state === 'error') {
-      failed += 1;
-      var label = document.createElement('span');
-      label.className = 'media-error';
-      label.textContent = 'could not load ' + el.getAttribute('src') + (why ? ': ' + why : '');
-      el.insertAdjacentElement('afterend', label);
-    }
-    pending -= 1;
-    if (pending === 0) finish();
-  }
-  // A browser drops a track it cannot decode and plays the rest: a video without a picture is a failure.
-  function metadata(el) {
-    if (el.tagName === 'VIDEO' && !(el.videoWidth > 0)) settle(el, 'error', 'no video track this browser can decode');
-    else settle(el, 'loaded');
-  }
-  function reason(el) { return el.error ? (el.error.message || 'media error ' + el.error.code) : ''; }
-  els.forEach(function (el) {
-    if (el.tagName === 'IMG') {
-      var decoded = function () { settle(el, el.naturalWidth > 0 ? 'loaded' : 'error', 'not a decodable image'); };
-      if (el.complete) { decoded(); return; }
-      el.addEventListener('load', decoded);
-      el.addEventListener('error', function () { settle(el, 'error', 'not found or not a decodable image'); });
-      return;
-    }
-    if (el.error) { settle(el, 'error', reason(el)); return; }
-    if (el.readyState >= 1) { metadata(el); return; }
-    el.addEventListener('loadedmetadata', function () { metadata(el); });
-    el.addEventListener('error', function () { settle(el, 'error', reason(el)); });
-  });
-  if (pending === 0) finish();
-})();
-"""
+def _asset(name: str) -> str:
+    """A file of the report's page (``pipeline/assets``: package data, so an installed wheel has it too)."""
+    return (resources.files("pipeline") / "assets" / name).read_text(encoding="utf-8")
 
 
-def build_report(out_dir: Path | str, *, eval_summary: dict, clip_rows: list[dict], benchmark: dict | None,
+def build_report(out_dir: Path | str, *, eval_summary: dict, clip_rows: list[dict], learning: dict | None,
                  plots: list[Path], media: list[dict], notice: str | None,
                  title: str = "v2m evaluation report", timings: list[dict] | None = None) -> Path:
     """Write the report folder ``out_dir`` (index.html, plots/, media/) atomically; return the index.html path.
@@ -211,7 +134,7 @@ def build_report(out_dir: Path | str, *, eval_summary: dict, clip_rows: list[dic
             ``fad_reason`` / ``kld_reason`` / ``<metric>_reason``), counts ``pairs``, ``frames``,
             ``segments``; any other fields are listed too.
         clip_rows: per-clip metrics, one dict per clip with a ``video_id``.
-        benchmark: the learning figures (``ce_true``, ``ce_shuffled``, ``video_info_gain``, ...),
+        learning: the learning figures (``ce_true``, ``ce_shuffled``, ``video_info_gain``, ...),
             every key shown; None = no such section content.
         plots: image files (PNG) to show, captioned with their file names.
         media: per clip ``{"video_id", "generated": mp4, "reference": mp4 or None,
@@ -236,7 +159,7 @@ def build_report(out_dir: Path | str, *, eval_summary: dict, clip_rows: list[dic
             target.parent.mkdir(parents=True, exist_ok=True)
             _copy(source, target)
         page = _page(title=title, notice=notice, eval_summary=eval_summary, clip_rows=clip_rows,
-                     benchmark=benchmark, plot_files=plot_files, clips=clips, rows_by_id=rows_by_id,
+                     learning=learning, plot_files=plot_files, clips=clips, rows_by_id=rows_by_id,
                      timings=timings or [])
         (temp / "index.html").write_text(page, encoding="utf-8")
     return out_dir / "index.html"
@@ -413,11 +336,11 @@ def _flatten(mapping: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
-def _learning_section(benchmark: dict | None) -> str:
+def _learning_section(learning: dict | None) -> str:
     heading = '<h2 id="learning-heading">Learning figures</h2>'
-    if benchmark is None:
+    if learning is None:
         return heading + '<p id="learning-missing">No learning figures were given for this run.</p>'
-    return heading + _key_value_table("learning", _flatten(benchmark), BENCHMARK_MEANINGS)
+    return heading + _key_value_table("learning", _flatten(learning), LEARNING_MEANINGS)
 
 
 def _caption(path: str) -> str:
@@ -517,13 +440,13 @@ def _timings_section(timings: list[dict]) -> str:
             f'<table id="timings"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
-def _page(*, title: str, notice: str | None, eval_summary: dict, clip_rows: list[dict], benchmark: dict | None,
+def _page(*, title: str, notice: str | None, eval_summary: dict, clip_rows: list[dict], learning: dict | None,
           plot_files: list[tuple[Path, str]], clips: list[dict], rows_by_id: dict, timings: list[dict]) -> str:
     notice_html = (f'<div class="notice" id="notice" role="note"><strong>Note:</strong> {_e(notice)}</div>'
                    if notice else "")
     sections = [
         _metrics_section(eval_summary),
-        _learning_section(benchmark),
+        _learning_section(learning),
         _plots_section(plot_files),
         _media_section(clips, rows_by_id),
         _clips_table(clip_rows, {c["video_id"] for c in clips}),
@@ -533,11 +456,11 @@ def _page(*, title: str, notice: str | None, eval_summary: dict, clip_rows: list
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head>\n"
+        f"<title>{_e(title)}</title><style>{_asset('report.css')}</style></head>\n"
         f"<body><h1>{_e(title)}</h1>"
         '<p id="media-status">Loading media…</p>'
         f"{notice_html}\n" + "\n".join(s for s in sections if s) +
-        f"\n<script>{SCRIPT}</script>\n</body></html>\n"
+        f"\n<script>{_asset('report.js')}</script>\n</body></html>\n"
     )
 
 
@@ -568,8 +491,8 @@ def report_run(shards: list[str], model_dir: Path | str, report_clips: int, *, m
 
     summary = json.loads((metrics_dir / "eval.json").read_text())
     rows = pq.read_table(metrics_dir / "eval" / "clips.parquet").to_pylist()
-    benchmark_file = metrics_dir / "benchmark.json"
-    benchmark = json.loads(benchmark_file.read_text()) if benchmark_file.is_file() else None
+    learning_file = metrics_dir / "learning.json"
+    learning = json.loads(learning_file.read_text()) if learning_file.is_file() else None
     codec = read_recipe(model_dir).features.codes.codec
     notice = None
     if is_random_codec(codec):
@@ -581,7 +504,7 @@ def report_run(shards: list[str], model_dir: Path | str, report_clips: int, *, m
                           if (clips_root / shard / f"{video_id}.mp4").is_file()), None)
         media.append({"video_id": video_id, "generated": generated / f"{video_id}.mp4", "reference": reference})
     plots = sorted((metrics_dir / "eval" / "plots").glob("*.png"))
-    index = build_report(metrics_dir / "report", eval_summary=summary, clip_rows=rows, benchmark=benchmark,
+    index = build_report(metrics_dir / "report", eval_summary=summary, clip_rows=rows, learning=learning,
                          plots=plots, media=media, notice=notice, timings=read_timings())
     return f"report: {index} ({len(media)} clips with video, {len(plots)} plots)"
 

@@ -1,4 +1,4 @@
-"""Stage `motion@<shard>`: Farneback flow magnitude at features.flow.fps -> data/features/flow/<shard>.parquet."""
+"""Stage `motion@<shard>`: Farneback flow magnitude at features.motion.fps -> data/features/motion/<shard>.parquet."""
 
 import os
 import sys
@@ -15,8 +15,8 @@ SECTIONS = ("features", "compute")
 def main(shard: str) -> None:
     with user_errors(f"stage motion@{shard}"):
         params = load_params(sections=SECTIONS)
-        out = Path("data/features/flow")
-        rows = motion_shard(Path("data/clips") / shard, out / f"{shard}.parquet", params["features"].flow,
+        out = Path("data/features/motion")
+        rows = motion_shard(Path("data/clips") / shard, out / f"{shard}.parquet", params["features"].motion,
                             params["compute"], workers=os.cpu_count() or 1)
         write_feature_status(out / f"{shard}.status.parquet", rows, FRAME_FEATURE_STATUS)
         print(f"motion {shard}: {summary(rows)}")

@@ -1,4 +1,4 @@
-"""Stage `visual@<shard>`: CLIP tokens of every clip at features.clip.fps -> data/features/clip/<shard>.parquet."""
+"""Stage `visual@<shard>`: CLIP tokens of every clip at features.visual.fps -> data/features/visual/<shard>.parquet."""
 
 import sys
 from pathlib import Path
@@ -14,8 +14,8 @@ SECTIONS = ("features", "compute")
 def main(shard: str) -> None:
     with user_errors(f"stage visual@{shard}"):
         params = load_params(sections=SECTIONS)
-        out = Path("data/features/clip")
-        rows = visual_shard(Path("data/clips") / shard, out / f"{shard}.parquet", params["features"].clip,
+        out = Path("data/features/visual")
+        rows = visual_shard(Path("data/clips") / shard, out / f"{shard}.parquet", params["features"].visual,
                             params["compute"])
         write_feature_status(out / f"{shard}.status.parquet", rows, FRAME_FEATURE_STATUS)
         print(f"visual {shard}: {summary(rows)}")

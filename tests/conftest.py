@@ -38,20 +38,20 @@ def model_dir(tmp_path_factory) -> Path:
     """A tiny exported V2M model (random weights; 2 s segments) whose recipe names a tiny random CLIP and codec."""
     from pipeline.features import codec as codec_lib   # torch: imported only by the tests that need it
     from pipeline.features.recipe import RECIPE_FILE, FeatureRecipe
-    from pipeline.features.visual import save_random_clip
+    from pipeline.features.visual import save_random_clip_model
     from pipeline.model.builder import tiny_config
     from pipeline.model.v2m import V2MModel
 
     root = tmp_path_factory.mktemp("generator")
-    clip = save_random_clip(root / "clip", seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    clip = save_random_clip_model(root / "clip", seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                             num_attention_heads=2)
     codec = codec_lib.random_codec(0, codec_lib.encodec_32khz_config(
         num_filters=4, hidden_size=16, codebook_size=64, target_bandwidths=[1.2]))
     codec.save_pretrained(root / "codec")
     features = FeaturesParams()
     features = dataclasses.replace(
-        features, clip=dataclasses.replace(features.clip, model=str(clip), batch_size=16),
-        flow=dataclasses.replace(features.flow, size=64),
+        features, visual=dataclasses.replace(features.visual, model=str(clip), batch_size=16),
+        motion=dataclasses.replace(features.motion, size=64),
         codes=dataclasses.replace(features.codes, codec=str(root / "codec"), bandwidth=1.2))
     config = tiny_config(visual_in_dim=32, motion_size=64, motion_patch=16, codebook_size=64)
     model = V2MModel(config)

@@ -25,12 +25,12 @@ def test_with_real_weights_and_data_the_stand_in_stages_only_write_why(tmp_path)
     params["data"]["shards"] = ["s0001"]
     params["separate"]["repo"] = "/weights/demucs"
     params["separate"]["model"] = "htdemucs"
-    params["features"]["clip"]["model"] = "/weights/clip-vit-base-patch32"
+    params["features"]["visual"]["model"] = "/weights/clip-vit-base-patch32"
     params["features"]["codes"]["codec"] = "/weights/encodec_32khz"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "data" / "manifests").mkdir(parents=True)
     expected = {"separator_init": ("models/demucs-v2m", "separate.repo is /weights/demucs"),
-                "clip_init": ("models/clip-random", "features.clip.model is /weights/clip-vit-base-patch32"),
+                "visual_init": ("models/visual-random", "features.visual.model is /weights/clip-vit-base-patch32"),
                 "codec_init": ("models/encodec-calibrated", "features.codes.codec is /weights/encodec_32khz")}
     for stage, (folder, why) in expected.items():
         result = run_stage(stage, tmp_path)
@@ -43,7 +43,7 @@ def test_with_real_weights_and_data_the_stand_in_stages_only_write_why(tmp_path)
 
 def test_the_stand_in_folders_are_recognised_however_they_are_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert uses_stand_in("models/clip-random", tmp_path / "models" / "clip-random")
-    assert uses_stand_in("./models/../models/clip-random", tmp_path / "models" / "clip-random")
-    assert not uses_stand_in("models/clip-vit-b32", tmp_path / "models" / "clip-random")
+    assert uses_stand_in("models/visual-random", tmp_path / "models" / "visual-random")
+    assert uses_stand_in("./models/../models/visual-random", tmp_path / "models" / "visual-random")
+    assert not uses_stand_in("models/clip-vit-b32", tmp_path / "models" / "visual-random")
     assert skipped_reason(tmp_path) is None

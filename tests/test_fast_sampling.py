@@ -13,7 +13,7 @@ from pipeline.features.recipe import StreamRates
 from pipeline.model.builder import build_model
 from pipeline.model.sampling import generate_codes, is_quantized, quantize_decoder, sampling_fidelity
 
-RATES = StreamRates(visual_fps=2, flow_fps=4, code_rate=50, flow_size=32)
+RATES = StreamRates(visual_fps=2, motion_fps=4, code_rate=50, motion_size=32)
 
 
 @pytest.fixture(scope="module")

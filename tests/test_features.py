@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import media
-from pipeline.config import FlowFeatureParams, SampleParams, SplitParams
+from pipeline.config import MotionFeatureParams, SampleParams, SplitParams
 from pipeline.features.motion import dequantize, flow_kwargs, flow_magnitudes, quantize
 from pipeline.features.store import FeatureReader, FeatureShard, ShardWriter, tensor_column
 from pipeline.split import assign, ids_in, split_of
@@ -26,7 +26,7 @@ def texture(seed: int = 0, size: int = 320) -> np.ndarray:
 def test_flow_magnitude_of_a_translating_pattern_is_the_shift(dx, dy):
     pattern = texture()
     frames = np.stack([pattern[60 + dy * i: 60 + dy * i + 224, 60 + dx * i: 60 + dx * i + 224] for i in range(4)])
-    maps = flow_magnitudes(frames, **flow_kwargs(FlowFeatureParams()))
+    maps = flow_magnitudes(frames, **flow_kwargs(MotionFeatureParams()))
     assert maps.shape == (4, 224, 224)
     assert np.all(maps[0] == 0)  # no previous frame
     interior = maps[1:, 32:-32, 32:-32]
@@ -86,7 +86,7 @@ def test_parquet_round_trip_is_exact_and_zero_copy(tmp_path):
     rng = np.random.default_rng(4)
     clips = {f"clip{i:07d}": rng.standard_normal((3 + i, 50, 8)).astype(np.float16) for i in range(3)}
     path = tmp_path / "s0000.parquet"
-    with ShardWriter(path, "clip", [pa.field("frame", pa.int32()),
+    with ShardWriter(path, "visual", [pa.field("frame", pa.int32()),
                                     pa.field("tokens", pa.fixed_shape_tensor(pa.float16(), [50, 8]))],
                      {"model": "test", "params": {"fps": 2}}) as writer:
         for video_id, tokens in clips.items():
@@ -147,8 +147,8 @@ def test_broken_or_short_clips_give_status_rows_and_the_rest_goes_on(tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
     clips = [ClipInput("good0000001", good, 3.0), ClipInput("short000001", short, 3.0),
              ClipInput("broken00001", tmp_path / "broken.mp4", 3.0)]
-    rows = {r["video_id"]: r for r in extract_tables(clips, flow=FlowFeatureParams(size=32),
-                                                     flow_out=tmp_path / "flow.parquet", progress=False)}
+    rows = {r["video_id"]: r for r in extract_tables(clips, motion=MotionFeatureParams(size=32),
+                                                     motion_out=tmp_path / "flow.parquet", progress=False)}
     assert rows["good0000001"]["status"] == "ok" and rows["good0000001"]["rows"] == 12
     assert rows["short000001"]["status"] == "failed" and "video ends after 1.00 s" in rows["short000001"]["error_message"]
     assert rows["broken00001"]["status"] == "failed" and "broken.mp4" in rows["broken00001"]["error_message"]

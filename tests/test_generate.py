@@ -92,9 +92,26 @@ def test_loudness_of_a_full_scale_997_hz_sine_is_minus_3_lufs_and_normalising_hi
 
 def test_recipe_is_read_back_and_a_model_folder_without_one_is_a_clear_error(model_dir, tmp_path):
     recipe = read_recipe(model_dir)
-    assert recipe.segment_seconds == SEGMENT_SECONDS and recipe.features.flow.size == 64
+    assert recipe.segment_seconds == SEGMENT_SECONDS and recipe.features.motion.size == 64
     with pytest.raises(Exception, match="features.json: no such file"):
         read_recipe(tmp_path)
+
+
+def test_a_recipe_exported_with_the_old_clip_and_flow_section_names_still_reads(model_dir, tmp_path):
+    """Model folders exported before the rename (features.clip -> visual, features.flow -> motion)."""
+    import json
+
+    values = json.loads((model_dir / "features.json").read_text())
+    values["features"] = {{"visual": "clip", "motion": "flow"}.get(k, k): v for k, v in values["features"].items()}
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "features.json").write_text(json.dumps(values))
+    assert read_recipe(old) == read_recipe(model_dir)
+    values["features"]["visual"] = values["features"]["clip"]
+    values["features"]["visual"]["fps"] = 3         # both names: the current one is read, the old one is an error
+    (old / "features.json").write_text(json.dumps(values))
+    with pytest.raises(Exception, match="clip"):
+        read_recipe(old)
 
 
 @pytest.mark.parametrize("name", ["clip7", "portrait", "silent", "mjpeg"])

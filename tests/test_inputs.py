@@ -20,7 +20,7 @@ import pytest
 
 from pipeline import media
 from pipeline.acquire.clip import clip_one
-from pipeline.config import ClipParams, FlowFeatureParams, GenerateParams
+from pipeline.config import ClipParams, MotionFeatureParams, GenerateParams
 from pipeline.features.extract import FRAME_FEATURE_STATUS, ClipInput, extract_tables, write_feature_status
 from pipeline.generate import generate_set, score_video
 from pipeline.status import read_status
@@ -160,8 +160,8 @@ def test_rotated_video_reaches_the_features_upright_and_plays_upright_after_the_
     out = tmp_path / "out.mp4"
     media.mux_music(video, np.zeros((1, 32000)), 32000, out, duration=media.probe(video).duration)
     assert is_upright(media.sample_frames(out, rgb_fps=2).rgb)          # as a player shows it
-    rows = extract_tables([ClipInput("rot", video, 1.0)], flow=FlowFeatureParams(size=32),
-                          flow_out=tmp_path / "flow.parquet", progress=False)
+    rows = extract_tables([ClipInput("rot", video, 1.0)], motion=MotionFeatureParams(size=32),
+                          motion_out=tmp_path / "flow.parquet", progress=False)
     assert rows[0]["status"] == "ok" and rows[0]["rotation"] == VALID[name][1]
 
 
@@ -171,8 +171,8 @@ def test_the_generate_and_feature_stages_status_rows_say_what_was_undone(inputs,
     written = {row["video_id"]: row for row in read_status(tmp_path / "generated")}
     assert {k: (r["status"], r["rotation"], r["sar"]) for k, r in written.items()} == {
         "hevc_rot90": ("ok", 90, "1:1"), "anamorphic": ("ok", 0, "4:3")}
-    rows = extract_tables([ClipInput("pal", inputs["anamorphic.mp4"], 1.0)], flow=FlowFeatureParams(size=32),
-                          flow_out=tmp_path / "flow.parquet", progress=False)
+    rows = extract_tables([ClipInput("pal", inputs["anamorphic.mp4"], 1.0)], motion=MotionFeatureParams(size=32),
+                          motion_out=tmp_path / "flow.parquet", progress=False)
     write_feature_status(tmp_path / "flow.status.parquet", rows, FRAME_FEATURE_STATUS)
     assert [(r["rotation"], r["sar"]) for r in read_status(tmp_path / "flow.status.parquet")] == [(0, "4:3")]
 

@@ -26,7 +26,7 @@ SIZE, PATCH = 64, 16  # small motion maps keep the tests fast
 
 def rates(flow_size: int) -> StreamRates:
     """The default stream rates, with flow maps of side ``flow_size``."""
-    return StreamRates(visual_fps=2, flow_fps=4, code_rate=50, flow_size=flow_size)
+    return StreamRates(visual_fps=2, motion_fps=4, code_rate=50, motion_size=flow_size)
 
 
 def video(batch: int, seconds: int = 1, seed: int = 0, size: int = SIZE):
@@ -53,12 +53,12 @@ def model() -> V2MModel:
 def test_encoder_shapes_and_z():
     torch.manual_seed(0)
     visual, motion, _ = video(2, seconds=3)  # N_v = 6, N_m = 12
-    v = VisualEncoder(dim=32, layers=1, heads=4).eval()(visual)
-    f = MotionEncoder(image_size=SIZE, patch=PATCH, dim=48, layers=1, heads=4).eval()(motion)
+    v = VisualEncoder(dim=32, layers=1, heads=4, fps=2.0).eval()(visual)
+    f = MotionEncoder(image_size=SIZE, patch=PATCH, dim=48, layers=1, heads=4, fps=4.0).eval()(motion)
     o = CrossAttentionFusion(32, 4, kv_dim=48).eval()(v, f)
     assert v.shape == (2, 6, 32) and f.shape == (2, 12, 48) and o.shape == (2, 6, 32)
     # the sinusoidal temporal code takes any number of frames
-    assert VisualEncoder(dim=32, layers=1, heads=4)(visual[:, :5]).shape == (2, 5, 32)
+    assert VisualEncoder(dim=32, layers=1, heads=4, fps=2.0)(visual[:, :5]).shape == (2, 5, 32)
     m = make_model(tokens_per_frame=3)
     z = m.condition(visual, motion)
     assert z.shape == (2, 6 * 3, m.config.decoder_dim)
@@ -75,8 +75,8 @@ def test_temporal_code_lines_up_visual_and_motion_frames():
 
 
 def test_motion_normalisation_is_resolution_free():
-    small, big = MotionEncoder(image_size=112, patch=16, dim=32, layers=1, heads=4), MotionEncoder(
-        image_size=224, patch=32, dim=32, layers=1, heads=4)
+    small, big = MotionEncoder(image_size=112, patch=16, dim=32, layers=1, heads=4, fps=4.0), MotionEncoder(
+        image_size=224, patch=32, dim=32, layers=1, heads=4, fps=4.0)
     speed_224 = torch.tensor([0.0, 1.0, 30.0])
     assert torch.allclose(small.normalize(speed_224 * 112 / 224), big.normalize(speed_224))
     assert big.normalize(speed_224)[0] == 0 and torch.allclose(big.normalize(speed_224), torch.log1p(speed_224))

@@ -100,7 +100,7 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
 
     first = run(["dvc", "repro"], work)
     assert ran(first) == {"sample", "download@s0000", "clip@s0000", "separator_init", "separate@s0000",
-                          "clip_init", "codec_init", "visual@s0000", "motion@s0000", "codes@s0000", "train",
+                          "visual_init", "codec_init", "visual@s0000", "motion@s0000", "codes@s0000", "train",
                           "generate", "evaluate", "report"}
     rows = read_labels(work / "data" / "sample")
     assert len(rows) == 6
@@ -111,11 +111,11 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     audio, rate = media.read_wav(work / "data" / "separated" / "s0000" / f"{separated[0]['video_id']}.wav")
     assert (audio.shape, rate) == ((1, 2 * 32000), 32000)
 
-    clip_table = FeatureShard(work / "data" / "features" / "clip" / "s0000.parquet")
+    clip_table = FeatureShard(work / "data" / "features" / "visual" / "s0000.parquet")
     assert clip_table[rows[0]["video_id"]]["tokens"].shape == (4, 50, 768)  # 2 s at 2 fps
     assert FeatureShard(work / "data" / "features" / "codes" / "s0000.parquet")[rows[0]["video_id"]]["codes"].shape == (100, 4)
 
-    figures = json.loads((work / "metrics" / "benchmark.json").read_text())
+    figures = json.loads((work / "metrics" / "learning.json").read_text())
     assert figures["steps"] == 4 and {"ce_true", "ce_shuffled", "video_info_gain", "event_gain", "sync_gain"} <= set(figures)
     assert (work / "models" / "v2m" / "model.safetensors").is_file()
     assert (work / "metrics" / "train" / "plots" / "metrics" / "loss.tsv").is_file()
@@ -146,7 +146,7 @@ def test_repro_runs_the_pipeline_then_is_a_no_op_and_new_shards_run_alone(tmp_pa
     assert ran(second) == set() and "up to date" in second
 
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["features"]["flow"]["winsize"] = 13
+    params["features"]["motion"]["winsize"] = 13
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert ran(run(["dvc", "repro"], work)) == {"motion@s0000", "train", "generate", "evaluate", "report"}
 

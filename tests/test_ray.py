@@ -20,7 +20,7 @@ from pipeline.acquire.clip import clip_shard
 from pipeline.acquire.download import download_shard
 from pipeline.acquire.manifest import ManifestEntry, write_manifest
 from pipeline.acquire.proxies import SharedProxyPool, redact
-from pipeline.config import (ClipParams, CodesFeatureParams, ComputeParams, DownloadParams, FlowFeatureParams,
+from pipeline.config import (ClipParams, CodesFeatureParams, ComputeParams, DownloadParams, MotionFeatureParams,
                              ModelActorParams, ParamsError, SampleParams, SeparateParams, VisualFeatureParams,
                              load_params)
 from pipeline.device import torch_threads
@@ -28,7 +28,7 @@ from pipeline.engine import Journal, RayEngine, Work, fingerprint, journal_for
 from pipeline.features.codec import encodec_32khz_config, random_codec
 from pipeline.features.extract import (FEATURE_STATUS, FRAME_FEATURE_STATUS, clip_inputs, codes_shard, flow_task,
                                        motion_shard, visual_shard, write_feature_status)
-from pipeline.features.visual import save_random_clip
+from pipeline.features.visual import save_random_clip_model
 from pipeline.files import file_sha256
 from pipeline.separate import save_random_htdemucs, separate_shard
 from pipeline.status import read_status
@@ -68,7 +68,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     """Tiny real architectures with random weights: Demucs, CLIP, EnCodec."""
     root = tmp_path_factory.mktemp("models")
     save_random_htdemucs(root / "demucs", "tiny", channels=8, depth=2, transformer_layers=1, seed=0)
-    save_random_clip(root / "clip", 0, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    save_random_clip_model(root / "clip", 0, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=2)
     random_codec(seed=0, config=encodec_32khz_config(num_filters=4, hidden_size=16, codebook_size=16,
                                                      num_lstm_layers=1)).save_pretrained(root / "codec")
@@ -86,7 +86,7 @@ def sample(tmp_path_factory) -> tuple[Path, list[str]]:
 def ray_compute(cluster: LocalCluster, scratch: Path, **overrides) -> ComputeParams:
     pool = ModelActorParams(actors=1, cpus=1.0, batch_size=2)
     values = dict(engine="ray", ray_address=cluster.address, scratch=str(scratch), download_cpus=0.5,
-                  separate=pool, clip=pool, codec=pool, max_retries=2)
+                  separate=pool, visual=pool, codec=pool, max_retries=2)
     return ComputeParams(**{**values, **overrides})
 
 
@@ -110,7 +110,7 @@ def run_shard(work: Path, sample, models, compute: ComputeParams | None) -> dict
                    target_rate=clip.target_rate, progress=False, compute=compute)
     visual = VisualFeatureParams(model=str(models["clip"]), device="cpu", batch_size=3)
     rows = {"clip": visual_shard(clips, features / "clip.parquet", visual, compute, progress=False),
-            "flow": motion_shard(clips, features / "flow.parquet", FlowFeatureParams(size=32), compute, progress=False),
+            "flow": motion_shard(clips, features / "flow.parquet", MotionFeatureParams(size=32), compute, progress=False),
             "codes": codes_shard(separated, features / "codes.parquet",
                                  CodesFeatureParams(codec=str(models["codec"]), device="cpu"), compute, progress=False)}
     for table, table_rows in rows.items():
@@ -178,7 +178,7 @@ def test_resume_takes_finished_videos_from_the_journal(tmp_path, cluster, local)
     """A killed run's finished videos (in the journal) are not redone: their rows keep the earlier node."""
     work = local
     compute = ray_compute(cluster, tmp_path / "engine")
-    flow = FlowFeatureParams(size=32)
+    flow = MotionFeatureParams(size=32)
     clips = clip_inputs(work["clips"])
     journal = journal_for(compute, "motion", work["clips"].name)
     first = clips[0]
@@ -256,7 +256,7 @@ def test_proxy_rotation_and_cooldowns_hold_across_workers(tmp_path, cluster, sam
 @pytest.mark.parametrize("values, expected", [
     ({"engine": "spark"}, "compute.engine must be one of 'local', 'ray', got 'spark'"),
     ({"ray_address": "http://head:6379"}, "compute.ray_address: must be '', 'auto', HOST:PORT or ray://HOST:PORT"),
-    ({"clip": {"gpu": 1}}, "unknown key 'compute.clip.gpu' (did you mean 'compute.clip.gpus'?)"),
+    ({"visual": {"gpu": 1}}, "unknown key 'compute.visual.gpu' (did you mean 'compute.visual.gpus'?)"),
     ({"max_retries": -1}, "compute.max_retries must be >= 0"),
 ])
 def test_compute_params_are_checked(tmp_path, values, expected):

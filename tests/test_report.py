@@ -38,7 +38,7 @@ SUMMARY = {"fad": None, "fad_reason": "no VGGish weights in the offline cache",
            "av_align": 0.25, "av_align_reference": 0.5, "beat_hit": 0.75, "beat_coverage": 0.625,
            "beat_f1": 0.6818, "beat_f1_50ms": 0.125,
            "pairs": 2, "frames": 48, "segments": 4, "model": "tiny"}
-BENCHMARK = {"ce_true": 6.87, "ce_shuffled": 7.32, "video_info_gain": 0.45, "oracle_gain": 1.5e-05,
+LEARNING = {"ce_true": 6.87, "ce_shuffled": 7.32, "video_info_gain": 0.45, "oracle_gain": 1.5e-05,
              "held_out_clips": 12, "event_gain": 0.625, "sync_gain": 0.0625}
 CLIP_ROWS = [{"video_id": "clipA", "kld_ref_gen": 0.5, "chroma_cosine": 0.25},
              {"video_id": "clipB", "kld_ref_gen": 1.125, "chroma_cosine": None},
@@ -171,7 +171,7 @@ def inputs(tmp_path_factory) -> dict:
 
 
 def build(out: Path, inputs: dict, **changes) -> Path:
-    arguments = dict(eval_summary=SUMMARY, clip_rows=CLIP_ROWS, benchmark=BENCHMARK, plots=inputs["plots"],
+    arguments = dict(eval_summary=SUMMARY, clip_rows=CLIP_ROWS, learning=LEARNING, plots=inputs["plots"],
                      media=inputs["media"], notice=NOTICE)
     arguments.update(changes)
     return build_report(out, **arguments)
@@ -281,7 +281,7 @@ def test_undecodable_media_is_marked_in_the_page(tmp_path, inputs):
                     "-c:v", "mpeg4", "-c:a", "copy", str(part2)], check=True)
     media = [{"video_id": "broken", "generated": broken, "reference": inputs["media"][0]["reference"]},
              {"video_id": "part2", "generated": part2, "reference": None}]
-    index = build(tmp_path / "report", inputs, media=media, plots=[], benchmark=None)
+    index = build(tmp_path / "report", inputs, media=media, plots=[], learning=None)
     dom = dump_dom(index)
     body = dom.one("body")
     assert body["attrs"].get("data-media-ready") == "yes" and body["attrs"].get("data-media-errors") == "2"
@@ -339,7 +339,7 @@ def test_strings_are_escaped_and_odd_ids_get_safe_file_names(tmp_path, inputs):
     rows = [{"video_id": video_id, "note<b>": "<i>bold</i>"}]
     summary = dict(SUMMARY, kld_ref_gen=None, kld_gen_ref=None, kld_both=None, kld_reason="<no labels> & more")
     index = build(tmp_path / "report", inputs, media=media, clip_rows=rows, eval_summary=summary,
-                  title="A & B <report>", notice="<b>not</b> music", benchmark={"a<b": "<c>"})
+                  title="A & B <report>", notice="<b>not</b> music", learning={"a<b": "<c>"})
     text = index.read_text()
     dom = Dom(text)
     assert len(dom.find("script")) == 1 and not dom.find("i") and not dom.find("b")

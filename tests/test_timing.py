@@ -100,7 +100,7 @@ def test_the_report_shows_the_timing_table(tmp_path):
         timing.write_row(row, tmp_path / "timings")
     read = timing.read_timings(tmp_path / "timings")
     assert [r["stage"] for r in read] == ["codes@s0000", "train"]
-    index = build_report(tmp_path / "report", eval_summary={"pairs": 0}, clip_rows=[], benchmark=None, plots=[],
+    index = build_report(tmp_path / "report", eval_summary={"pairs": 0}, clip_rows=[], learning=None, plots=[],
                          media=[], notice=None, timings=read)
     page = index.read_text()
     assert '<table id="timings">' in page and 'data-stage="codes@s0000"' in page and 'data-stage="train"' in page

@@ -43,11 +43,11 @@ def shards(tmp_path_factory):
     folder = tmp_path_factory.mktemp("features")
     rng = np.random.default_rng(0)
     patterns = rng.standard_normal((CLASSES, 768)) * 2
-    paths = {t: folder / t / "s0000.parquet" for t in ("clip", "flow", "codes")}
+    paths = {t: folder / t / "s0000.parquet" for t in ("visual", "motion", "codes")}
     raw, labels = {}, {}
-    with ShardWriter(paths["clip"], "clip", [pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
+    with ShardWriter(paths["visual"], "visual", [pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
                      pa.field("tokens", pa.fixed_shape_tensor(pa.float16(), [50, 768]))], {}) as clip_w, \
-         ShardWriter(paths["flow"], "flow", [pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
+         ShardWriter(paths["motion"], "motion", [pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
                      pa.field("magnitude", pa.fixed_shape_tensor(pa.uint8(), [SIZE, SIZE])),
                      pa.field("scale", pa.float32())], {}, compression="zstd") as flow_w, \
          ShardWriter(paths["codes"], "codes", [pa.field("frame", pa.int32()),
@@ -71,11 +71,11 @@ def shards(tmp_path_factory):
 
 def dataset(shards, ids, *, train, seconds=2.0, seed=0, rates=None, **kwargs):
     p = shards["paths"]
-    return SegmentDataset([p["clip"]], [p["flow"]], [p["codes"]], ids, segment_seconds=seconds, train=train,
+    return SegmentDataset([p["visual"]], [p["motion"]], [p["codes"]], ids, segment_seconds=seconds, train=train,
                           seed=seed, rates=rates or RATES, **kwargs)
 
 
-RATES = StreamRates(visual_fps=2, flow_fps=4, code_rate=50, flow_size=SIZE)
+RATES = StreamRates(visual_fps=2, motion_fps=4, code_rate=50, motion_size=SIZE)
 
 
 def identity_of(train_params: TrainParams) -> dict:
@@ -164,7 +164,7 @@ def test_training_starts_are_reproducible_and_workers_give_the_same_batches(shar
 
 def test_without_motion_the_flow_table_is_never_opened(shards, tmp_path):
     p = shards["paths"]
-    data = SegmentDataset([p["clip"]], [tmp_path / "missing.parquet"], [p["codes"]], VAL_IDS, segment_seconds=2,
+    data = SegmentDataset([p["visual"]], [tmp_path / "missing.parquet"], [p["codes"]], VAL_IDS, segment_seconds=2,
                           train=False, rates=RATES, use_motion=False)
     batch = next(iter(make_loader(data, 4, shuffle=False)))
     assert batch["motion"] is None and batch["visual"].shape == (4, 4, 50, 768)
@@ -177,8 +177,8 @@ def test_the_feature_rates_reach_the_datasets_and_the_model(shards):
     from pipeline.model.builder import model_config
     from pipeline.train.experiment import segment_sets
 
-    paths = {t: [shards["paths"][t]] for t in ("clip", "flow", "codes")}
-    rates = StreamRates(visual_fps=1, flow_fps=2, code_rate=50, flow_size=SIZE)
+    paths = {t: [shards["paths"][t]] for t in ("visual", "motion", "codes")}
+    rates = StreamRates(visual_fps=1, motion_fps=2, code_rate=50, motion_size=SIZE)
     sets = segment_sets(paths, SplitParams(val_fraction=0.3, test_fraction=0.0), 2.0, 0, True, rates)
     item = sets["held_out"][0]
     assert item["visual"].shape[0] == 2 and item["motion"].shape[0] == 4 and item["codes"].shape[1] == 100
@@ -480,14 +480,14 @@ def test_the_run_identity_holds_what_the_run_learns_and_nothing_else(shards, tmp
 
 
 def test_train_segments_and_generate_windows_lie_on_one_time_grid(shards):
-    """Changing features.clip.fps / features.flow.fps moves training starts and generation windows together."""
-    from pipeline.config import FlowFeatureParams, GenerateParams, VisualFeatureParams
+    """Changing features.visual.fps / features.motion.fps moves training starts and generation windows together."""
+    from pipeline.config import MotionFeatureParams, GenerateParams, VisualFeatureParams
     from pipeline.errors import UserError
     from pipeline.features.recipe import FeatureRecipe
     from pipeline.generate import window_steps_of
 
     for clip_fps, flow_fps in ((2, 4), (4, 8), (1, 3), (5, 4)):
-        features = FeaturesParams(clip=VisualFeatureParams(fps=clip_fps), flow=FlowFeatureParams(fps=flow_fps, size=SIZE))
+        features = FeaturesParams(visual=VisualFeatureParams(fps=clip_fps), motion=MotionFeatureParams(fps=flow_fps, size=SIZE))
         rates = StreamRates.of(features)
         recipe = FeatureRecipe(features, segment_seconds=2.0)
         for seconds in (0.2, 0.25, 0.5, 1.0, 2.0):
@@ -511,4 +511,4 @@ def test_train_segments_and_generate_windows_lie_on_one_time_grid(shards):
         # the grid is where all three streams start on a whole row
         grid = rates.time_grid()
         assert all(abs(grid * r - round(grid * r)) < 1e-9 for r in (clip_fps, flow_fps, 50))
-    assert StreamRates.of(FeaturesParams(clip=VisualFeatureParams(fps=4), flow=FlowFeatureParams(fps=8))).time_grid() == 0.5
+    assert StreamRates.of(FeaturesParams(visual=VisualFeatureParams(fps=4), motion=MotionFeatureParams(fps=8))).time_grid() == 0.5

@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel
 
 from pipeline.errors import UserError
-from pipeline.features.visual import (CLIP_MEAN, CLIP_STD, HUB_ID, RANDOM_MARKER, VIT_B32, ClipEncoder, encode_frames,
-                                      load_clip, preprocess, random_clip, save_random_clip)
+from pipeline.features.visual import (CLIP_MEAN, CLIP_STD, HUB_ID, RANDOM_MARKER, VIT_B32, ClipModelEncoder, encode_frames,
+                                      TransformersVisual, load_clip_model, preprocess, random_clip_model,
+                                      save_random_clip_model)
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
 # transformers 5 without torchvision: CLIPImageProcessor falls back to this PIL class; name it to pin the
@@ -33,12 +34,12 @@ def processor():
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    return save_random_clip(tmp_path_factory.mktemp("clip") / "tiny", seed=1, **TINY)
+    return save_random_clip_model(tmp_path_factory.mktemp("clip") / "tiny", seed=1, **TINY)
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_folder):
-    return load_clip(tiny_folder, device="cpu")
+    return load_clip_model(tiny_folder, device="cpu")
 
 
 def frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -66,21 +67,21 @@ def test_tokens_equal_a_direct_model_call(processor, tiny):
     frame = frames(1, 360, 640, seed=3)[0]
     with torch.inference_mode():
         expected = tiny(pixel_values=processor(images=frame, return_tensors="pt").pixel_values).last_hidden_state
-    ours = ClipEncoder(tiny).encode(frame[None])
+    ours = ClipModelEncoder(TransformersVisual(tiny)).encode(frame[None])
     assert ours.dtype == np.float16 and ours.shape == (1, 50, 64)
     np.testing.assert_allclose(ours.astype(np.float32), expected.numpy(), rtol=1e-3, atol=1e-3)  # fp16 half-ulp
 
 
 def test_random_checkpoint_round_trip_and_seeds(tmp_path, tiny_folder, tiny, caplog):
     pixels = preprocess(frames(2, 240, 320))
-    fresh = random_clip(1, **TINY)
+    fresh = random_clip_model(1, **TINY)
     np.testing.assert_array_equal(encode_frames(tiny, pixels), encode_frames(fresh, pixels))
     with caplog.at_level(logging.WARNING, logger="v2m.visual"):
-        load_clip(tiny_folder, device="cpu")
+        load_clip_model(tiny_folder, device="cpu")
     assert "RANDOM weights" in caplog.text
 
-    same = load_file(save_random_clip(tmp_path / "same", seed=1, **TINY) / "model.safetensors")
-    other = load_file(save_random_clip(tmp_path / "other", seed=2, **TINY) / "model.safetensors")
+    same = load_file(save_random_clip_model(tmp_path / "same", seed=1, **TINY) / "model.safetensors")
+    other = load_file(save_random_clip_model(tmp_path / "other", seed=2, **TINY) / "model.safetensors")
     saved = load_file(tiny_folder / "model.safetensors")
     assert saved.keys() == same.keys() == other.keys()
     assert all(torch.equal(saved[k], same[k]) for k in saved)
@@ -95,7 +96,7 @@ def test_full_clip_model_folder_loads_the_vision_weights(tmp_path, caplog):
     full = CLIPModel(config).eval()
     full.save_pretrained(tmp_path / "full")
     with caplog.at_level(logging.WARNING, logger="v2m.visual"):
-        vision = load_clip(tmp_path / "full", device="cpu")
+        vision = load_clip_model(tmp_path / "full", device="cpu")
     assert "RANDOM" not in caplog.text
     expected = full.vision_model.state_dict()
     assert vision.state_dict().keys() == expected.keys()
@@ -109,21 +110,21 @@ def test_full_clip_model_folder_loads_the_vision_weights(tmp_path, caplog):
 def test_missing_models_name_what_is_expected(tmp_path):
     for missing in (tmp_path / "nowhere", "models/no-such-clip"):
         with pytest.raises(FileNotFoundError, match="config.json \\+ model.safetensors") as error:
-            load_clip(missing)
-        assert "clip_init" in str(error.value) and "save_pretrained" in str(error.value)
+            load_clip_model(missing)
+        assert "visual_init" in str(error.value) and "save_pretrained" in str(error.value)
     with pytest.raises(FileNotFoundError, match="no such hub id in the local Hugging Face cache"):
-        load_clip(HUB_ID, cache_dir=tmp_path / "empty-cache")
+        load_clip_model(HUB_ID, cache_dir=tmp_path / "empty-cache")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="lacks config.json or model.safetensors"):
-        load_clip(tmp_path / "empty")
+        load_clip_model(tmp_path / "empty")
 
 
 def test_hub_id_loads_from_the_local_cache_and_wrong_weights_are_refused(tmp_path, tiny_folder, tiny):
     repo = tmp_path / "cache" / f"models--{HUB_ID.replace('/', '--')}"
-    random_clip(1, **TINY).save_pretrained(repo / "snapshots" / ("0" * 40))
+    random_clip_model(1, **TINY).save_pretrained(repo / "snapshots" / ("0" * 40))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
-    cached = load_clip(HUB_ID, device="cpu", cache_dir=tmp_path / "cache")
+    cached = load_clip_model(HUB_ID, device="cpu", cache_dir=tmp_path / "cache")
     assert all(torch.equal(cached.state_dict()[k], v) for k, v in tiny.state_dict().items())
 
     bad = tmp_path / "bad"
@@ -132,32 +133,32 @@ def test_hub_id_loads_from_the_local_cache_and_wrong_weights_are_refused(tmp_pat
     save_file({f"other.{k}": v for k, v in load_file(tiny_folder / "model.safetensors").items()},
               bad / "model.safetensors")
     with pytest.raises(UserError, match="lacks .* CLIP vision weights"):
-        load_clip(bad)
+        load_clip_model(bad)
 
 
 def test_batches_across_clips_equal_one_by_one(tiny):
     clips = [frames(3, 360, 640, seed=1), frames(4, 640, 360, seed=2)]
     mixed = [frame for clip in clips for frame in clip]  # frames of two sizes in one call
-    batched = ClipEncoder(tiny, batch_size=3).encode(mixed)
-    single = np.concatenate([ClipEncoder(tiny, batch_size=1).encode(frame[None]) for frame in mixed])
+    batched = ClipModelEncoder(TransformersVisual(tiny), batch_size=3).encode(mixed)
+    single = np.concatenate([ClipModelEncoder(TransformersVisual(tiny), batch_size=1).encode(frame[None]) for frame in mixed])
     assert batched.shape == (7, 50, 64)
     # Different batch shapes take different GEMM paths: equal up to fp32 noise, then fp16 rounding.
     np.testing.assert_allclose(batched.astype(np.float32), single.astype(np.float32), rtol=2e-3, atol=2e-3)
-    assert ClipEncoder(tiny).encode(np.zeros((0, 360, 640, 3), np.uint8)).shape == (0, 50, 64)
+    assert ClipModelEncoder(TransformersVisual(tiny)).encode(np.zeros((0, 360, 640, 3), np.uint8)).shape == (0, 50, 64)
 
     results = {}
-    workers = [threading.Thread(target=lambda i=i: results.__setitem__(i, ClipEncoder(tiny, 3).encode(clips[i])))
+    workers = [threading.Thread(target=lambda i=i: results.__setitem__(i, ClipModelEncoder(TransformersVisual(tiny), 3).encode(clips[i])))
                for i in range(2)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
     for i, clip in enumerate(clips):
-        np.testing.assert_array_equal(results[i], ClipEncoder(tiny, 3).encode(clip))
+        np.testing.assert_array_equal(results[i], ClipModelEncoder(TransformersVisual(tiny), 3).encode(clip))
 
 
 def test_real_vit_b32_architecture():
-    model = random_clip(0)
+    model = random_clip_model(0)
     config = model.config
     assert {k: getattr(config, k) for k in VIT_B32} == VIT_B32 and getattr(config, RANDOM_MARKER)
     # openai's 87.85M ViT-B/32 visual encoder includes the 768x512 projection, which CLIPVisionModel has not.

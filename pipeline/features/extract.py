@@ -1,12 +1,12 @@
 """Feature extraction for a shard of clips, overlapping decode, flow and CLIP.
 
-One decode pass per clip yields both frame streams (RGB at ``features.clip.fps`` for CLIP,
-grayscale at ``features.flow.fps`` for Farneback). A producer thread decodes and preprocesses
+One decode pass per clip yields both frame streams (RGB at ``features.visual.fps`` for CLIP,
+grayscale at ``features.motion.fps`` for Farneback). A producer thread decodes and preprocesses
 clip after clip while flow runs in a small thread pool and the calling thread feeds CLIP with
 batches that span clips, so CLIP's compute, not decoding, flow or I/O, sets the pace.
 
-The DVC stages ask for one table each (``visual`` -> clip, ``motion`` -> flow) so that a
-flow-only params change reruns only the flow stages; ``v2m generate`` and the benchmark ask
+The DVC stages ask for one table each (``visual``, ``motion``) so that a
+flow-only params change reruns only the motion stages; ``v2m generate`` and the benchmark ask
 for both in one pass.
 """
 
@@ -26,7 +26,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline import media
-from pipeline.config import CodesFeatureParams, ComputeParams, FlowFeatureParams, VisualFeatureParams
+from pipeline.config import CodesFeatureParams, ComputeParams, MotionFeatureParams, VisualFeatureParams
 from pipeline.engine import LOCAL_NODE, Lost, Work, fingerprint, in_temp_dir, journal_for, open_engine, results
 from pipeline.features.motion import dequantize, flow_kwargs, flow_magnitudes, quantize
 from pipeline.features.store import ShardWriter, tensor_column
@@ -35,7 +35,7 @@ from pipeline.status import (NODE_FIELD, OK, PICTURE_FIELDS, failed_row, ok_ids,
                              status_schema, summary, write_status)
 
 if TYPE_CHECKING:
-    from pipeline.features.visual import ClipEncoder
+    from pipeline.features.visual import ClipModelEncoder
 
 # CLIP (pipeline.features.visual) and EnCodec (pipeline.features.codec) are imported where they are
 # used: they load torch and transformers, seconds of start-up that the motion stage never needs.
@@ -73,24 +73,22 @@ class _Decoded:
 
 
 def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None = None, model=None,
-                   flow: FlowFeatureParams | None = None, clip_out: Path | None = None,
-                   flow_out: Path | None = None, flow_workers: int = 1, progress: bool = True,
+                   motion: MotionFeatureParams | None = None, visual_out: Path | None = None,
+                   motion_out: Path | None = None, motion_workers: int = 1, progress: bool = True,
                    desc: str = "features") -> list[dict]:
-    """Write the CLIP table (``clip_out``) and/or the flow table (``flow_out``) for ``clips``.
+    """Write the visual table (``visual_out``) and/or the motion table (``motion_out``) for ``clips``.
 
     Args:
-        visual, model: CLIP params and a loaded CLIPVisionModel (needed for ``clip_out``).
-        flow: Farneback params (needed for ``flow_out``).
+        visual, model: CLIP params and their loaded model (``load_visual_model``; needed for ``visual_out``).
+        motion: Farneback params (needed for ``motion_out``).
 
     Returns:
         One status row per clip (``rows`` = frames written per table); a clip that cannot be
         decoded gets a failed row and is left out of the tables.
     """
-    want_rgb, want_gray = clip_out is not None, flow_out is not None
-    if want_rgb:
-        from pipeline.features.visual import encode_frames, preprocess
+    want_rgb, want_gray = visual_out is not None, motion_out is not None
     decoded: queue.Queue[_Decoded | None] = queue.Queue(maxsize=4)
-    flow_pool = ThreadPoolExecutor(max_workers=flow_workers) if want_gray else None
+    flow_pool = ThreadPoolExecutor(max_workers=motion_workers) if want_gray else None
     stop = threading.Event()
 
     def produce() -> None:
@@ -101,12 +99,12 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
                 item = _Decoded(clip)
                 try:
                     frames = media.sample_frames(clip.path, rgb_fps=visual.fps if want_rgb else None,
-                                                 gray_fps=flow.fps if want_gray else None, seconds=clip.seconds)
+                                                 gray_fps=motion.fps if want_gray else None, seconds=clip.seconds)
                     item.picture = frames.picture
                     if want_rgb:
-                        item.pixels = preprocess(frames.rgb)
+                        item.pixels = model.preprocess(frames.rgb)
                     if want_gray:
-                        item.flow = flow_pool.submit(flow_magnitudes, frames.gray, **flow_kwargs(flow))
+                        item.flow = flow_pool.submit(flow_magnitudes, frames.gray, **flow_kwargs(motion))
                 except media.MediaError as error:
                     item.error = str(error)
                 decoded.put(item)
@@ -115,13 +113,13 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
 
     producer = threading.Thread(target=produce, name="decode", daemon=True)
     writers = []
-    clip_writer = flow_writer = None
+    visual_writer = motion_writer = None
     if want_rgb:
-        clip_writer = clip_table_writer(clip_out, visual, model.config)
-        writers.append(clip_writer)
+        visual_writer = visual_table_writer(visual_out, visual, (model.tokens, model.width))
+        writers.append(visual_writer)
     if want_gray:
-        flow_writer = flow_table_writer(flow_out, flow)
-        writers.append(flow_writer)
+        motion_writer = motion_table_writer(motion_out, motion)
+        writers.append(motion_writer)
 
     rows: list[dict] = []
     pending: list[_Decoded] = []   # clips waiting for CLIP, in order
@@ -131,18 +129,18 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
         offset = 0
         for item in items:
             count = 0
-            if clip_writer is not None:
+            if visual_writer is not None:
                 n = item.pixels.shape[0]
-                clip_writer.write_clip(item.clip.video_id, {
+                visual_writer.write_clip(item.clip.video_id, {
                     "frame": np.arange(n, dtype=np.int32), "time": np.arange(n, dtype=np.float32) / visual.fps,
                     "tokens": tensor_column(tokens[offset:offset + n])})
                 offset += n
                 count = n
-            if flow_writer is not None:
+            if motion_writer is not None:
                 q, scale = quantize(item.flow.result())
                 n = q.shape[0]
-                flow_writer.write_clip(item.clip.video_id, {
-                    "frame": np.arange(n, dtype=np.int32), "time": np.arange(n, dtype=np.float32) / flow.fps,
+                motion_writer.write_clip(item.clip.video_id, {
+                    "frame": np.arange(n, dtype=np.int32), "time": np.arange(n, dtype=np.float32) / motion.fps,
                     "magnitude": tensor_column(q), "scale": scale})
                 count = count or n
             rows.append(ok_row(item.clip.video_id, rows=count, **picture_columns(item.picture), node=LOCAL_NODE))
@@ -164,7 +162,7 @@ def extract_tables(clips: list[ClipInput], *, visual: VisualFeatureParams | None
             if pending and (item is None or not want_rgb or frames_waiting >= visual.batch_size):
                 tokens = None
                 if want_rgb:
-                    tokens = encode_frames(model, np.concatenate([p.pixels for p in pending]), visual.batch_size)
+                    tokens = model.encode(np.concatenate([p.pixels for p in pending]), visual.batch_size)
                 finish(pending, tokens)
                 pending = []
             if item is None:
@@ -199,36 +197,38 @@ class VideoFeatures:
     picture: media.Picture = dataclasses.field(default_factory=media.Picture)
 
 
-def extract_video(path: Path | str, *, visual: VisualFeatureParams, encoder: "ClipEncoder",
-                  flow: FlowFeatureParams | None = None, seconds: float | None = None) -> VideoFeatures:
+def extract_video(path: Path | str, *, visual: VisualFeatureParams, encoder: "ClipModelEncoder",
+                  motion: MotionFeatureParams | None = None, seconds: float | None = None) -> VideoFeatures:
     """The features of one whole video (or its first ``seconds``), for generation.
 
     The same decode, preprocessing, CLIP and Farneback as :func:`extract_tables`, with the same
     storage rounding, so a model sees the kind of input it was trained on.
     """
-    frames = media.sample_frames(path, rgb_fps=visual.fps, gray_fps=flow.fps if flow is not None else None,
+    frames = media.sample_frames(path, rgb_fps=visual.fps, gray_fps=motion.fps if motion is not None else None,
                                  seconds=seconds)
     if frames.rgb is None or not len(frames.rgb):
         raise media.MediaError(f"{path}: too short for one frame at {visual.fps} fps")
     tokens = encoder.encode(frames.rgb)
     maps = None
-    if flow is not None:
-        maps = dequantize(*quantize(flow_magnitudes(frames.gray, **flow_kwargs(flow))))
+    if motion is not None:
+        maps = dequantize(*quantize(flow_magnitudes(frames.gray, **flow_kwargs(motion))))
     return VideoFeatures(tokens, maps, frames.seconds, frames.picture)
 
 
-def clip_table_writer(path: Path, visual: VisualFeatureParams, config) -> ShardWriter:
-    """The CLIP table's writer; ``config`` is the CLIP vision config (token count and width)."""
+def visual_table_writer(path: Path, visual: VisualFeatureParams, shape: tuple[int, int]) -> ShardWriter:
+    """The visual table's writer; ``shape``: the CLIP's ``(tokens per frame, width)``. The metadata names the
+    backend that made the tokens (both give the same tokens for the same weights, within float error)."""
     from pipeline.features.visual import HIDDEN_STATE
 
-    return ShardWriter(path, "clip", [
-        pa.field("frame", pa.int32()), pa.field("time", pa.float32()), pa.field("tokens", _tokens_type(config))],
-        {"model": visual.model, "params": dataclasses.asdict(visual), "hidden_state": HIDDEN_STATE,
-         "units": "CLIP hidden states, CLS token first then 7x7 patches row by row"})
+    tokens_type = pa.fixed_shape_tensor(pa.float16(), list(shape))
+    return ShardWriter(path, "visual", [
+        pa.field("frame", pa.int32()), pa.field("time", pa.float32()), pa.field("tokens", tokens_type)],
+        {"model": visual.model, "backend": visual.backend, "params": dataclasses.asdict(visual),
+         "hidden_state": HIDDEN_STATE, "units": "CLIP hidden states, CLS token first then 7x7 patches row by row"})
 
 
-def flow_table_writer(path: Path, flow: FlowFeatureParams) -> ShardWriter:
-    return ShardWriter(path, "flow", [
+def motion_table_writer(path: Path, flow: MotionFeatureParams) -> ShardWriter:
+    return ShardWriter(path, "motion", [
         pa.field("frame", pa.int32()), pa.field("time", pa.float32()),
         pa.field("magnitude", pa.fixed_shape_tensor(pa.uint8(), [flow.size, flow.size])),
         pa.field("scale", pa.float32())],
@@ -242,11 +242,6 @@ def codes_table_writer(path: Path, params: CodesFeatureParams, n_codebooks: int)
                                        pa.field("codes", pa.fixed_shape_tensor(pa.int16(), [n_codebooks]))],
                        {"model": params.codec, "params": dataclasses.asdict(params), "frame_rate": 50,
                         "units": "EnCodec RVQ indices, one row per 20 ms frame, codebooks 0..K-1"})
-
-
-def _tokens_type(config) -> pa.DataType:
-    tokens = (config.image_size // config.patch_size) ** 2 + 1
-    return pa.fixed_shape_tensor(pa.float16(), [tokens, config.hidden_size])
 
 
 def codes_table(video_ids: Iterable[str], audio_dir: Path, out: Path, params: CodesFeatureParams, model,
@@ -307,19 +302,17 @@ def _decode_sent(folder: Path, name: str, data: bytes, shown: str, **sample) -> 
         return str(error).replace(str(path), shown)
 
 
-def clip_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
+def visual_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
     """A CLIP actor's call (engine ray): items ``(clip name, mp4 bytes, seconds, driver path, visual params)``
     -> ``(float16 [N_v, 50, 768] tokens, picture columns)`` each, or the reason the clip could not be decoded.
 
     As in :func:`extract_tables`, a thread decodes while CLIP runs, and CLIP's batches span the clips.
     """
-    from pipeline.features.visual import encode_frames, preprocess
-
     def decode(item: tuple) -> np.ndarray | str:
         name, data, seconds, shown, visual = item
         frames = in_temp_dir(lambda folder: _decode_sent(folder, name, data, shown, rgb_fps=visual.fps,
                                                          gray_fps=None, seconds=seconds))
-        return frames if isinstance(frames, str) else (preprocess(frames.rgb), picture_columns(frames.picture))
+        return frames if isinstance(frames, str) else (model.preprocess(frames.rgb), picture_columns(frames.picture))
 
     batch_size = batch[0][4].batch_size
     decoded, waiting, encoded = [], [], []
@@ -329,7 +322,7 @@ def clip_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
             if not isinstance(decoded[-1], str):
                 waiting.append(decoded[-1][0])
             if waiting and (sum(p.shape[0] for p in waiting) >= batch_size or len(decoded) == len(batch)):
-                encoded.append(encode_frames(model, np.concatenate(waiting), batch_size))
+                encoded.append(model.encode(np.concatenate(waiting), batch_size))
                 waiting = []
     tokens = np.concatenate(encoded) if encoded else None
     out, offset = [], 0
@@ -343,7 +336,7 @@ def clip_tokens_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
     return out
 
 
-def flow_task(name: str, data: bytes, seconds: float, shown: str, flow: FlowFeatureParams) -> tuple | str:
+def flow_task(name: str, data: bytes, seconds: float, shown: str, flow: MotionFeatureParams) -> tuple | str:
     """A Ray task (engine ray): one clip's quantized flow maps ``(q uint8 [N_m, S, S], scale [N_m], picture
     columns)``, or the reason it could not be decoded."""
     frames = in_temp_dir(lambda folder: _decode_sent(folder, name, data, shown, rgb_fps=None, gray_fps=flow.fps,
@@ -365,10 +358,10 @@ def codes_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
     return [in_temp_dir(lambda folder, item=item: one(folder, *item)) for item in batch]
 
 
-def _load_clip_for_actor(model: str, device: str, dtype: str):
-    from pipeline.features.visual import load_clip
+def _load_visual_for_actor(visual: VisualFeatureParams):
+    from pipeline.features.visual import load_visual_model
 
-    return load_clip(model, device=device, dtype=dtype)
+    return load_visual_model(visual)
 
 
 def _load_codec_for_actor(path: str, device: str):
@@ -378,8 +371,8 @@ def _load_codec_for_actor(path: str, device: str):
 
 
 def _model_path(name: str) -> str:
-    """A model folder as an absolute path (workers share the driver's layout); a hub id as it is."""
-    return str(Path(name).resolve()) if Path(name).is_dir() else name
+    """A model folder or file as an absolute path (workers share the driver's layout); a hub id as it is."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 def _clip_work(clips: list[ClipInput], recipe) -> list[Work]:
@@ -413,21 +406,19 @@ def visual_shard(clips_dir: Path, out: Path, visual: VisualFeatureParams, comput
     """The CLIP table of a shard's clips (``out``), on this process or on Ray's CLIP actors; status rows."""
     clips, shard = clip_inputs(clips_dir), Path(clips_dir).name
     engine = open_engine(compute)
+    from pipeline.features.visual import load_visual_model, visual_token_shape
+
     if engine is None:
-        from pipeline.features.visual import load_clip
-
-        model = load_clip(visual.model, device=visual.device, dtype=visual.dtype)
-        return extract_tables(clips, visual=visual, model=model, clip_out=out, desc=f"visual {shard}", progress=progress)
-    from transformers import CLIPVisionConfig
-
-    config = CLIPVisionConfig.from_pretrained(visual.model, local_files_only=True)   # fails early, cheaply
+        model = load_visual_model(visual)
+        return extract_tables(clips, visual=visual, model=model, visual_out=out, desc=f"visual {shard}", progress=progress)
+    shape = visual_token_shape(visual)   # fails early, cheaply
     journal = journal_for(compute, "visual", shard)
     work = [Work(w.key, w.request, lambda w=w: (*w.args(), visual))
             for w in _clip_work(clips, dataclasses.asdict(visual))]
-    lost = engine.actors(_load_clip_for_actor, (_model_path(visual.model), visual.device, visual.dtype),
-                         clip_tokens_batch, work, journal, pool=compute.clip, desc=f"visual {shard} (ray)",
+    lost = engine.actors(_load_visual_for_actor, (dataclasses.replace(visual, model=_model_path(visual.model)),),
+                         visual_tokens_batch, work, journal, pool=compute.visual, desc=f"visual {shard} (ray)",
                          progress=progress)
-    with clip_table_writer(out, visual, config) as writer:
+    with visual_table_writer(out, visual, shape) as writer:
         def write(video_id: str, value) -> dict:
             tokens, picture = value
             n = tokens.shape[0]
@@ -441,19 +432,19 @@ def visual_shard(clips_dir: Path, out: Path, visual: VisualFeatureParams, comput
     return rows
 
 
-def motion_shard(clips_dir: Path, out: Path, flow: FlowFeatureParams, compute: ComputeParams | None = None,
+def motion_shard(clips_dir: Path, out: Path, flow: MotionFeatureParams, compute: ComputeParams | None = None,
                  workers: int = 1, progress: bool = True) -> list[dict]:
     """The flow table of a shard's clips (``out``), in ``workers`` threads here or on Ray CPU tasks; status rows."""
     clips, shard = clip_inputs(clips_dir), Path(clips_dir).name
     engine = open_engine(compute)
     if engine is None:
-        return extract_tables(clips, flow=flow, flow_out=out, flow_workers=workers, desc=f"motion {shard}",
+        return extract_tables(clips, motion=flow, motion_out=out, motion_workers=workers, desc=f"motion {shard}",
                               progress=progress)
     journal = journal_for(compute, "motion", shard)
     work = [Work(w.key, w.request, lambda w=w: (*w.args(), flow)) for w in _clip_work(clips, dataclasses.asdict(flow))]
-    lost = engine.tasks(flow_task, work, journal, cpus=compute.flow_cpus, desc=f"motion {shard} (ray)",
+    lost = engine.tasks(flow_task, work, journal, cpus=compute.motion_cpus, desc=f"motion {shard} (ray)",
                         progress=progress)
-    with flow_table_writer(out, flow) as writer:
+    with motion_table_writer(out, flow) as writer:
         def write(video_id: str, value) -> dict:
             q, scale, picture = value
             n = q.shape[0]

@@ -7,10 +7,10 @@ import dataclasses
 import cv2
 import numpy as np
 
-from pipeline.config import FlowFeatureParams
+from pipeline.config import MotionFeatureParams
 
 
-def flow_kwargs(params: FlowFeatureParams) -> dict:
+def flow_kwargs(params: MotionFeatureParams) -> dict:
     """:func:`flow_magnitudes`'s keyword arguments from the flow params (all but the frame rate)."""
     values = dataclasses.asdict(params)
     values.pop("fps")

@@ -1,8 +1,9 @@
-"""open_clip's ViT-B-32 beside transformers' CLIPVisionModel: its per-frame tokens, and the weight conversion.
+"""The ``open_clip`` backend of the visual features (``features.visual.backend: open_clip``): open_clip's
+ViT-B-32 from a local weights file, its own preprocessing, its per-frame tokens; and the conversion of
+the same weights to transformers' ``CLIPVisionModel`` (the ``transformers`` backend).
 
-Feasibility code for issue 19's open_clip backend; open_clip_torch is not a project dependency (it
-needs torchvision, which does not load beside the CPU torch 2.13.0 of ``setup.sh``), so it is
-imported only inside these functions, from whatever environment has it.
+open_clip_torch (with the torchvision matched to torch that it needs) is installed by ``setup.sh``; it is
+imported only when this backend is used, so the ``transformers`` backend never pays for it.
 
 The tokens are what the visual stage caches from transformers: ``[N, 50, 768]``, CLS + 49 patches
 of the last transformer block's output, before ``ln_post`` and the projection (transformers'
@@ -33,17 +34,33 @@ The activation differs by weights: openai's CLIP uses QuickGELU, open_clip's ``V
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import PIL.Image
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from pipeline.checkpoints import RANDOM_MARKER, checkpoint_file
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
-from pipeline.features.visual import VIT_B32
+from pipeline.features.visual import DTYPES, VIT_B32, Frames
+from pipeline.files import atomic_path
+
+log = logging.getLogger("v2m.visual")
 
 ARCHITECTURE = "ViT-B-32"
+# what open_clip's hub repositories (laion/CLIP-ViT-B-32-*) name their files
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+CONFIG_FILE = "open_clip_config.json"
+WHERE_FROM = ("expected an open_clip ViT-B-32 state dict (openai or LAION weights): a file, or a folder or cached "
+              f"hub id holding {' or '.join(WEIGHT_FILES)} (e.g. laion/CLIP-ViT-B-32-laion2B-s34B-b79K); nothing is "
+              "downloaded. The embedded default's random-weights one is written by the visual_init stage when "
+              "features.visual.backend is open_clip")
 
 _BLOCK = r"transformer\.resblocks\.(\d+)\."
 _LAYER = r"encoder.layers.\1."
@@ -63,19 +80,104 @@ _IN_PROJ = re.compile(_BLOCK + r"attn\.in_proj_(weight|bias)\Z")
 DROPPED = ("proj",)
 
 
+def _open_clip() -> Any:
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise UserError(f"features.visual.backend: open_clip needs the open_clip_torch package ({exc}); "
+                        "`bash setup.sh` installs it") from None
+    return open_clip
+
+
+def weights_file(model: str | Path) -> Path:
+    """The open_clip weights file named by ``features.visual.model`` (a file, a folder or a cached hub id)."""
+    return checkpoint_file(model, names=WEIGHT_FILES, label="open_clip model", where_from=WHERE_FROM)
+
+
 def load_open_clip(path: Path | str, device: str = "cpu") -> Any:
     """open_clip's ViT-B-32 from a local weights file (``create_model_and_transforms(pretrained=PATH)``).
 
     Returns:
         ``(model, preprocess)``: the eval-mode ``open_clip.CLIP`` and its own image transform.
     """
-    import open_clip
-
+    open_clip = _open_clip()
     if not Path(path).is_file():
-        raise FileNotFoundError(f"open_clip checkpoint {path}: no such file; expected a ViT-B-32 state dict "
-                                "(openai or LAION), e.g. open_clip_pytorch_model.bin of laion/CLIP-ViT-B-32-*")
+        raise FileNotFoundError(f"open_clip checkpoint {path}: no such file; {WHERE_FROM}")
     model, _, preprocess = open_clip.create_model_and_transforms(ARCHITECTURE, pretrained=str(path), device=device)
     return model.eval(), preprocess
+
+
+class OpenClipVisual:
+    """The ``open_clip`` backend: an open_clip CLIP and open_clip's own image transform (PIL: shortest side
+    to 224 bicubic, center crop, CLIP's mean and std). Tokens: :func:`open_clip_tokens`."""
+
+    backend = "open_clip"
+
+    def __init__(self, model: Any, transform: Any):
+        self.model, self.transform = model, transform
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.model.visual.positional_embedding.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.model.visual.conv1.weight.shape[0])
+
+    def preprocess(self, frames: Frames) -> torch.Tensor:
+        """uint8 RGB ``[N, H, W, 3]`` (or a list of ``[H, W, 3]``) -> float32 ``[N, 3, 224, 224]``."""
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            raise ValueError(f"frames must be [N, H, W, 3]; got one frame of shape {frames.shape} (add a batch axis)")
+        if len(frames) == 0:
+            return torch.zeros((0, 3, self.image_size, self.image_size))
+        return torch.stack([self.transform(PIL.Image.fromarray(np.ascontiguousarray(frame))) for frame in frames])
+
+    def encode(self, pixels: torch.Tensor | np.ndarray, batch_size: int) -> np.ndarray:
+        """float32 ``[N, 3, 224, 224]`` -> float16 ``[N, 50, 768]``, in batches of ``batch_size``."""
+        pixels = torch.as_tensor(pixels)
+        parameter = next(self.model.parameters())
+        out = np.empty((pixels.shape[0], self.tokens, self.width), np.float16)
+        for start in range(0, pixels.shape[0], batch_size):
+            batch = pixels[start:start + batch_size].to(parameter.device, parameter.dtype)
+            out[start:start + batch.shape[0]] = open_clip_tokens(self.model, batch).to(torch.float16).cpu().numpy()
+        return out
+
+
+def load_open_clip_visual(model: str | Path, device: str = "auto", dtype: str = "float32") -> OpenClipVisual:
+    """The ``open_clip`` backend for ``features.visual.model`` (warns when it is the random stand-in)."""
+    path = weights_file(model)
+    clip, transform = load_open_clip(path, device=str(resolve_device(device)))
+    clip = clip.to(DTYPES[dtype])
+    config = path.parent / CONFIG_FILE
+    if config.is_file() and json.loads(config.read_text()).get(RANDOM_MARKER):
+        log.warning("%s has RANDOM weights (visual_init's open_clip stand-in): its tokens carry no semantics", path)
+    return OpenClipVisual(clip, transform)
+
+
+def open_clip_token_shape(model: str | Path) -> tuple[int, int]:
+    """``(tokens per frame, width)`` of open_clip's ViT-B-32 (50, 768), after checking the weights file exists."""
+    weights_file(model)
+    vision = _open_clip().get_model_config(ARCHITECTURE)["vision_cfg"]
+    return (vision["image_size"] // vision["patch_size"]) ** 2 + 1, vision["width"]
+
+
+def save_random_open_clip(folder: Path | str, seed: int) -> Path:
+    """open_clip's ViT-B-32 with seeded random weights, as ``folder/open_clip_pytorch_model.bin`` beside an
+    ``open_clip_config.json`` that carries the random-weights marker; written atomically. Returns ``folder``."""
+    open_clip = _open_clip()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(ARCHITECTURE)
+    with atomic_path(folder) as temp:
+        Path(temp).mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), Path(temp) / "open_clip_pytorch_model.bin")
+        (Path(temp) / CONFIG_FILE).write_text(json.dumps({"model_name": ARCHITECTURE, RANDOM_MARKER: True}) + "\n")
+    return Path(folder)
 
 
 def open_clip_tokens(model: Any, pixels: torch.Tensor) -> torch.Tensor:

@@ -31,28 +31,28 @@ class StreamRates:
     and ``v2m generate`` all take this object (made by :meth:`of` from the features params section
     or the recipe stored beside a model), never loose rates with defaults of their own.
 
-    ``visual_fps``: CLIP frames per second; ``flow_fps``: flow maps per second; ``code_rate``: codec
-    frames per second; ``flow_size``: the flow maps' side ``S`` in pixels.
+    ``visual_fps``: CLIP frames per second; ``motion_fps``: flow maps per second; ``code_rate``: codec
+    frames per second; ``motion_size``: the flow maps' side ``S`` in pixels.
     """
 
     visual_fps: int
-    flow_fps: int
+    motion_fps: int
     code_rate: int
-    flow_size: int
+    motion_size: int
 
     @classmethod
     def of(cls, features: FeaturesParams) -> "StreamRates":
-        return cls(visual_fps=int(features.clip.fps), flow_fps=int(features.flow.fps), code_rate=CODE_RATE,
-                   flow_size=int(features.flow.size))
+        return cls(visual_fps=int(features.visual.fps), motion_fps=int(features.motion.fps), code_rate=CODE_RATE,
+                   motion_size=int(features.motion.size))
 
     def per_second(self) -> dict[str, int]:
-        """``{table: rows per second}`` for the ``clip``, ``flow`` and ``codes`` tables."""
-        return {"clip": self.visual_fps, "flow": self.flow_fps, "codes": self.code_rate}
+        """``{table: rows per second}`` for the ``visual``, ``motion`` and ``codes`` tables."""
+        return {"visual": self.visual_fps, "motion": self.motion_fps, "codes": self.code_rate}
 
     @property
     def grid_rate(self) -> int:
         """Steps per second of the time grid: the gcd of the three rates (2 for 2, 4 and 50)."""
-        return math.gcd(self.visual_fps, self.flow_fps, self.code_rate)
+        return math.gcd(self.visual_fps, self.motion_fps, self.code_rate)
 
     def time_grid(self) -> float:
         """The common time step of the three streams in seconds (0.5 s for 2 fps, 4 fps and 50 Hz):
@@ -90,6 +90,16 @@ class FeatureRecipe:
                           indent=2) + "\n"
 
 
+# Model folders exported before the CLIP side was named `visual` and the flow side `motion` (issue 12).
+_RENAMED_SECTIONS = {"clip": "visual", "flow": "motion"}
+
+
+def _current_names(features: dict) -> dict:
+    """A recipe's features section with the section names of today (older exports said clip/flow)."""
+    return {_RENAMED_SECTIONS.get(key, key) if _RENAMED_SECTIONS.get(key) not in features else key: value
+            for key, value in features.items()}
+
+
 def read_recipe(model_dir: Path | str) -> FeatureRecipe:
     """The recipe in ``model_dir/features.json``.
 
@@ -102,7 +112,7 @@ def read_recipe(model_dir: Path | str) -> FeatureRecipe:
                         "holds it beside config.json and model.safetensors")
     try:
         values = json.loads(path.read_text())
-        features = build(FeaturesParams, values["features"], prefix="features", source=str(path))
+        features = build(FeaturesParams, _current_names(values["features"]), prefix="features", source=str(path))
         return FeatureRecipe(features, float(values["segment_seconds"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: not a feature recipe ({exc})") from None

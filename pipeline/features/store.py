@@ -1,8 +1,8 @@
 """Parquet feature shards: one file per table and manifest shard, read back per clip without copies.
 
 Tables (``data/features/<table>/<shard>.parquet``):
-  clip   one row per frame: video_id, frame, time, ``tokens`` FixedShapeTensor float16 [50, 768]
-  flow   one row per map:   video_id, frame, time, ``magnitude`` FixedShapeTensor uint8 [S, S], ``scale``
+  visual one row per frame: video_id, frame, time, ``tokens`` FixedShapeTensor float16 [50, 768]
+  motion one row per map:   video_id, frame, time, ``magnitude`` FixedShapeTensor uint8 [S, S], ``scale``
   codes  one row per frame: video_id, frame, ``codes`` FixedShapeTensor int16 [K] (50 rows a second;
          clips may differ in length, a per-clip [K, T] tensor could not have one fixed shape)
 Every clip is its own row group, so reading one clip reads one row group; the file metadata holds
@@ -42,7 +42,7 @@ class ShardWriter:
 
     Args:
         path: the final file; it appears only when the block ends without error.
-        table: ``clip``, ``flow`` or ``codes``.
+        table: ``visual``, ``motion`` or ``codes``.
         fields: the per-row columns besides ``video_id`` (a pyarrow schema's fields).
         metadata: model id, params and units, stored as JSON in the file metadata.
         compression: parquet codec for this table.

@@ -7,7 +7,7 @@ torchvision, and bit-identical to ``transformers``' PIL image processor.
 
 Models load only from disk: a ``save_pretrained`` folder (``CLIPVisionModel``, or a full
 ``CLIPModel`` such as the openai repo, whose vision tower is taken) or a hub id already in the
-Hugging Face cache. With no weights at hand, ``save_random_clip`` writes the real ViT-B/32
+Hugging Face cache. With no weights at hand, ``save_random_clip_model`` writes the real ViT-B/32
 architecture with seeded random weights, so every code path but the weights is the real one.
 
 Frames are uint8 ``[N, H, W, 3]`` RGB; pixels float32 ``[N, 3, 224, 224]``; tokens float16 ``[N, 50, 768]``.
@@ -27,6 +27,7 @@ from huggingface_hub import constants as hub_constants
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from pipeline.checkpoints import RANDOM_MARKER, is_random_stand_in, local_checkpoint
+from pipeline.config import VisualFeatureParams
 from pipeline.errors import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
@@ -104,10 +105,10 @@ def _where_from() -> str:
             f"folder works too), or the hub id {HUB_ID!r} already in the Hugging Face cache "
             f"({hub_constants.HF_HUB_CACHE}); nothing is downloaded. On a machine with internet: "
             f"CLIPVisionModel.from_pretrained('{HUB_ID}').save_pretrained(DIR), then copy DIR here. "
-            "The embedded default's random-weights model is written by the clip_init stage")
+            "The embedded default's random-weights model is written by the visual_init stage")
 
 
-def load_clip(model: str | Path, device: str = "auto", dtype: str = "float32",
+def load_clip_model(model: str | Path, device: str = "auto", dtype: str = "float32",
               cache_dir: str | Path | None = None) -> CLIPVisionModel:
     """Load a CLIP vision tower in eval mode, from disk only (``local_files_only=True``).
 
@@ -130,12 +131,12 @@ def load_clip(model: str | Path, device: str = "auto", dtype: str = "float32",
         raise UserError(f"{model}: the checkpoint lacks {len(info['missing_keys'])} CLIP vision weights "
                         f"(e.g. {sorted(info['missing_keys'])[0]}); it is not a CLIPVisionModel/CLIPModel checkpoint")
     if is_random_stand_in(vision.config):
-        log.warning("%s has RANDOM weights (pipeline.features.visual.save_random_clip): its tokens carry no "
+        log.warning("%s has RANDOM weights (pipeline.features.visual.save_random_clip_model): its tokens carry no "
                     "semantics; use %s for real features", model, HUB_ID)
     return vision.to(resolve_device(device)).eval()
 
 
-def random_clip(seed: int, **arch) -> CLIPVisionModel:
+def random_clip_model(seed: int, **arch) -> CLIPVisionModel:
     """A ``CLIPVisionModel`` of seeded random weights, ViT-B/32 unless ``arch`` overrides ``VIT_B32`` keys.
 
     ViT-B/32 has 87,456,000 parameters here: openai's often-quoted 87.8M adds the 768x512 visual
@@ -151,15 +152,15 @@ def random_clip(seed: int, **arch) -> CLIPVisionModel:
         return CLIPVisionModel(config).eval()
 
 
-def save_random_clip(folder: Path | str, seed: int, **arch) -> Path:
-    """Write ``random_clip(seed, **arch)`` with ``save_pretrained`` (safetensors) to ``folder``, atomically.
+def save_random_clip_model(folder: Path | str, seed: int, **arch) -> Path:
+    """Write ``random_clip_model(seed, **arch)`` with ``save_pretrained`` (safetensors) to ``folder``, atomically.
 
-    The config carries ``v2m_random_weights: true`` so ``load_clip`` warns. Same seed, same weights.
+    The config carries ``v2m_random_weights: true`` so ``load_clip_model`` warns. Same seed, same weights.
 
     Returns:
         ``folder``.
     """
-    model = random_clip(seed, **arch)
+    model = random_clip_model(seed, **arch)
     with atomic_path(folder) as temp:
         model.save_pretrained(temp, safe_serialization=True)
     return Path(folder)
@@ -189,21 +190,18 @@ def encode_frames(model: CLIPVisionModel, pixels: torch.Tensor | np.ndarray, bat
     return out
 
 
-class ClipEncoder:
-    """A loaded CLIP and a batch size: frames in, tokens out, batched across whatever clips it is given.
+class TransformersVisual:
+    """The ``transformers`` backend (``features.visual.backend``): a ``CLIPVisionModel`` and our
+    preprocessing (bit-identical to ``CLIPImageProcessor``). Tokens: ``last_hidden_state``."""
 
-    Safe to call from one worker thread while others decode (torch and PIL release the GIL); calls
-    from several threads take turns, since concurrent forwards would only fight over the cores.
-    """
+    backend = "transformers"
 
-    def __init__(self, model: CLIPVisionModel, batch_size: int = 32):
-        self.model, self.batch_size = model, batch_size
-        self._lock = threading.Lock()
+    def __init__(self, model: CLIPVisionModel):
+        self.model = model
 
-    @classmethod
-    def load(cls, model: str | Path, *, batch_size: int = 32, device: str = "auto",
-             dtype: str = "float32") -> "ClipEncoder":
-        return cls(load_clip(model, device=device, dtype=dtype), batch_size)
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
 
     @property
     def tokens(self) -> int:
@@ -213,8 +211,65 @@ class ClipEncoder:
     def width(self) -> int:
         return self.model.config.hidden_size
 
+    def preprocess(self, frames: Frames) -> torch.Tensor:
+        """uint8 RGB ``[N, H, W, 3]`` -> float32 ``[N, 3, 224, 224]``."""
+        return preprocess(frames, image_size=self.image_size)
+
+    def encode(self, pixels: torch.Tensor | np.ndarray, batch_size: int) -> np.ndarray:
+        """float32 ``[N, 3, 224, 224]`` -> float16 ``[N, 50, 768]``."""
+        return encode_frames(self.model, pixels, batch_size)
+
+
+def load_visual_model(visual: VisualFeatureParams, device: str | None = None):
+    """The CLIP of ``visual`` (``features.visual``) by its ``backend``: a :class:`TransformersVisual`, or an
+    :class:`~pipeline.features.open_clip_backend.OpenClipVisual`. Both give the same tokens for the same
+    weights (``tests/test_open_clip_backend.py``). ``device`` overrides ``visual.device``."""
+    device = visual.device if device is None else device
+    if visual.backend == "open_clip":
+        from pipeline.features.open_clip_backend import load_open_clip_visual
+
+        return load_open_clip_visual(visual.model, device=device, dtype=visual.dtype)
+    return TransformersVisual(load_clip_model(visual.model, device=device, dtype=visual.dtype))
+
+
+def visual_token_shape(visual: VisualFeatureParams) -> tuple[int, int]:
+    """``(tokens per frame, width)`` of ``visual``'s CLIP, read from its config without loading the weights
+    (a missing checkpoint fails here, before any work)."""
+    if visual.backend == "open_clip":
+        from pipeline.features.open_clip_backend import open_clip_token_shape
+
+        return open_clip_token_shape(visual.model)
+    folder = local_checkpoint(visual.model, label="CLIP model", where_from=_where_from())
+    config = CLIPVisionConfig.from_pretrained(folder, local_files_only=True)
+    return (config.image_size // config.patch_size) ** 2 + 1, config.hidden_size
+
+
+class ClipModelEncoder:
+    """A loaded CLIP (either backend) and a batch size: frames in, tokens out, batched across whatever
+    clips it is given.
+
+    Safe to call from one worker thread while others decode (torch and PIL release the GIL); calls
+    from several threads take turns, since concurrent forwards would only fight over the cores.
+    """
+
+    def __init__(self, model: "TransformersVisual", batch_size: int = 32):
+        self.model, self.batch_size = model, batch_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, visual: VisualFeatureParams, *, device: str | None = None) -> "ClipModelEncoder":
+        return cls(load_visual_model(visual, device=device), visual.batch_size)
+
+    @property
+    def tokens(self) -> int:
+        return self.model.tokens
+
+    @property
+    def width(self) -> int:
+        return self.model.width
+
     def encode(self, frames: Frames) -> np.ndarray:
         """uint8 RGB ``[N, H, W, 3]`` (or a list of ``[H, W, 3]``) -> float16 ``[N, 50, 768]``."""
-        pixels = preprocess(frames, image_size=self.model.config.image_size)
+        pixels = self.model.preprocess(frames)
         with self._lock:
-            return encode_frames(self.model, pixels, self.batch_size)
+            return self.model.encode(pixels, self.batch_size)

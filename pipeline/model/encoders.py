@@ -64,11 +64,11 @@ class VisualEncoder(nn.Module):
         dim: output width ``D``.
         layers, heads, ffn: the transformer's depth, heads and feed-forward width.
         dropout: dropout inside the transformer.
-        fps: frames per second of the input (2 in the paper), for the temporal code.
+        fps: frames per second of the input (``features.visual.fps``; 2 in the paper), for the temporal code.
     """
 
     def __init__(self, in_dim: int = 768, n_tokens: int = 50, dim: int = 768, layers: int = 2, heads: int = 12,
-                 ffn: int | None = None, dropout: float = 0.1, fps: float = 2.0):
+                 ffn: int | None = None, dropout: float = 0.1, *, fps: float):
         super().__init__()
         self.in_dim, self.n_tokens, self.dim, self.fps = in_dim, n_tokens, dim, fps
         self.input_norm = nn.LayerNorm(in_dim)
@@ -93,7 +93,7 @@ class MotionEncoder(nn.Module):
 
     Input normalisation: ``log1p(m * 224 / S)``. The maps are Farneback speeds in pixels of the
     ``S x S`` resized frame per frame interval; multiplying by ``224 / S`` states them in pixels of a
-    224-pixel frame, so the same motion gives the same input whatever ``features.flow.size`` is. The
+    224-pixel frame, so the same motion gives the same input whatever ``features.motion.size`` is. The
     speeds are heavy-tailed (mostly below a pixel, tens of pixels for fast pans and at scene cuts,
     where the flow is meaningless); ``log1p`` compresses that tail without clipping it, keeps a
     still pixel at 0 and stays monotone, so the patch embedding sees values in about [0, 4].
@@ -103,14 +103,14 @@ class MotionEncoder(nn.Module):
     patches of each map, mean pooling over the patches, then the temporal code.
 
     Args:
-        image_size: map side ``S``; must be a multiple of ``patch``.
+        image_size: map side ``S`` (``features.motion.size``); must be a multiple of ``patch``.
         patch: patch side in pixels.
         dim, layers, heads, ffn, dropout: width and transformer shape.
-        fps: maps per second of the input (4 in the paper), for the temporal code.
+        fps: maps per second of the input (``features.motion.fps``; 4 in the paper), for the temporal code.
     """
 
-    def __init__(self, image_size: int = 224, patch: int = 32, dim: int = 768, layers: int = 2, heads: int = 12,
-                 ffn: int | None = None, dropout: float = 0.1, fps: float = 4.0):
+    def __init__(self, image_size: int, patch: int = 32, dim: int = 768, layers: int = 2, heads: int = 12,
+                 ffn: int | None = None, dropout: float = 0.1, *, fps: float):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"motion map size {image_size} is not a multiple of the patch size {patch}")

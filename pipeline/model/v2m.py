@@ -137,7 +137,7 @@ class V2MConfig:
         need(self.num_codebooks >= 1 and self.codebook_size >= 2, "need codebooks of at least 2 entries")
         if self.use_motion:
             need(self.motion_size % self.motion_patch == 0,
-                 f"motion_size {self.motion_size} (features.flow.size) is not a multiple of motion_patch "
+                 f"motion_size {self.motion_size} (features.motion.size) is not a multiple of motion_patch "
                  f"{self.motion_patch}: the patch embedding would drop the border")
             need(self.motion_dim % self.motion_heads == 0, f"motion_dim {self.motion_dim} not divisible by "
                                                            f"motion_heads {self.motion_heads}")
@@ -228,7 +228,7 @@ class V2MModel(nn.Module):
         c = config
         self.visual_encoder = VisualEncoder(c.visual_in_dim, c.visual_tokens, c.visual_dim, c.visual_layers,
                                             c.visual_heads, c.encoder_ffn_mult * c.visual_dim, c.encoder_dropout,
-                                            c.visual_fps)
+                                            fps=c.visual_fps)
         self.projection = nn.Linear(c.visual_dim, c.tokens_per_frame * c.decoder_dim)
         self.decoder = MusicgenForCausalLM(c.decoder_config())
         # The motion branch is made last, so the parts both variants share draw the same initial
@@ -236,7 +236,7 @@ class V2MModel(nn.Module):
         if c.use_motion:
             self.motion_encoder = MotionEncoder(c.motion_size, c.motion_patch, c.motion_dim, c.motion_layers,
                                                 c.motion_heads, c.encoder_ffn_mult * c.motion_dim,
-                                                c.encoder_dropout, c.motion_fps)
+                                                c.encoder_dropout, fps=c.motion_fps)
             self.fusion = CrossAttentionFusion(c.visual_dim, c.fusion_heads, kv_dim=c.motion_dim,
                                                dropout=c.encoder_dropout)
         else:

@@ -47,7 +47,7 @@ class SegmentDataset(Dataset):
             non-overlapping segment from 0 otherwise (``len`` = segments).
         seed: seed of the training starts.
         rates: the feature cache's :class:`StreamRates` (row rates of the three tables, the time grid).
-        use_motion: read the flow table; items carry ``motion=None`` otherwise.
+        use_motion: read the motion table; items carry ``motion=None`` otherwise.
 
     Items are dicts: ``visual`` float32 ``[2L, 50, 768]``, ``motion`` float32 ``[4L, S, S]`` or
     None, ``codes`` int64 ``[K, 50L]``, ``video_id`` and ``start`` (seconds). An item key is an
@@ -55,12 +55,12 @@ class SegmentDataset(Dataset):
     Clips shorter than one segment are skipped, with one warning that lists them.
     """
 
-    def __init__(self, clip_paths: Sequence[Path | str], flow_paths: Sequence[Path | str],
+    def __init__(self, visual_paths: Sequence[Path | str], motion_paths: Sequence[Path | str],
                  codes_paths: Sequence[Path | str], video_ids: Sequence[str], *, segment_seconds: float,
                  train: bool, rates: StreamRates, seed: int = 0, use_motion: bool = True):
-        self.paths = {"clip": [Path(p) for p in clip_paths], "codes": [Path(p) for p in codes_paths]}
+        self.paths = {"visual": [Path(p) for p in visual_paths], "codes": [Path(p) for p in codes_paths]}
         if use_motion:
-            self.paths["flow"] = [Path(p) for p in flow_paths]
+            self.paths["motion"] = [Path(p) for p in motion_paths]
         per_second = rates.per_second()
         self.rates = {table: per_second[table] for table in self.paths}
         self.use_motion, self.train, self.seed = use_motion, train, int(seed)
@@ -153,11 +153,11 @@ class SegmentDataset(Dataset):
 
         item: dict[str, Any] = {"visual": None, "motion": None, "codes": None}
         if "visual" in parts:
-            tokens = readers["clip"][video_id]["tokens"][rows("clip")]
+            tokens = readers["visual"][video_id]["tokens"][rows("visual")]
             item["visual"] = torch.from_numpy(tokens.astype(np.float32))
         if self.use_motion and "motion" in parts:
-            flow = readers["flow"][video_id]
-            sl = rows("flow")
+            flow = readers["motion"][video_id]
+            sl = rows("motion")
             item["motion"] = torch.from_numpy(dequantize(flow["magnitude"][sl], flow["scale"][sl]))
         if "codes" in parts:
             codes = readers["codes"][video_id]["codes"][rows("codes")]

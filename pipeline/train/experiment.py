@@ -39,7 +39,7 @@ from pipeline.train.loop import train
 
 log = logging.getLogger("v2m.train")
 
-TABLES = ("clip", "flow", "codes")
+TABLES = ("visual", "motion", "codes")
 
 
 def feature_paths(shards: Sequence[str], root: Path | str = "data/features") -> dict[str, list[Path]]:
@@ -48,8 +48,8 @@ def feature_paths(shards: Sequence[str], root: Path | str = "data/features") -> 
 
 
 def tables_read(use_motion: bool) -> list[str]:
-    """The feature tables training reads: all of them, the flow table only with motion."""
-    return [t for t in TABLES if use_motion or t != "flow"]
+    """The feature tables training reads: all of them, the motion table only with motion."""
+    return [t for t in TABLES if use_motion or t != "motion"]
 
 
 def complete_ids(paths: dict[str, list[Path]], use_motion: bool = True) -> list[str]:
@@ -70,7 +70,7 @@ def segment_sets(paths: dict[str, list[Path]], split: SplitParams, segment_secon
         raise UserError("no held-out clips: raise split.val_fraction / split.test_fraction or add clips")
 
     def make(ids: list[str], training: bool) -> SegmentDataset:
-        return SegmentDataset(paths["clip"], paths["flow"], paths["codes"], ids, segment_seconds=segment_seconds,
+        return SegmentDataset(paths["visual"], paths["motion"], paths["codes"], ids, segment_seconds=segment_seconds,
                               train=training, seed=seed, use_motion=use_motion, rates=rates)
 
     return {"train": make(groups["train"], True),
@@ -197,7 +197,7 @@ def run_key(identity: dict) -> str:
 def run_training(*, model_params: ModelParams, train_params: TrainParams, features: FeaturesParams,
                  split: SplitParams, shards: Sequence[str], feature_root: Path | str = "data/features",
                  work_root: Path | str = ".cache/v2m/train", live_dir: Path | str = "metrics/train",
-                 export_dir: Path | str = "models/v2m", metrics_file: Path | str | None = "metrics/benchmark.json",
+                 export_dir: Path | str = "models/v2m", metrics_file: Path | str | None = "metrics/learning.json",
                  progress: bool = True, event_times: Mapping[str, Sequence[float]] | None = None) -> dict:
     """Train on the listed shards, export the best EMA weights, measure the learning figures.
 
