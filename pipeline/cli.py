@@ -158,15 +158,15 @@ def _cmd_doctor(args: argparse.Namespace) -> None:
     import torch
 
     problems = []
-    print(f"python      {sys.version.split()[0]}")
-    print(f"torch       {torch.__version__} (cuda: {torch.cuda.is_available()})")
+    print(f"python          {sys.version.split()[0]}")
+    print(f"torch           {torch.__version__} (cuda: {torch.cuda.is_available()})")
     for name in ("torchvision", "open_clip_torch", "transformers", "dvc", "av", "yt-dlp", "demucs", "accelerate",
                  "pyarrow"):
-        print(f"{name:<11} {importlib.metadata.version(name)}")
+        print(f"{name:<15} {importlib.metadata.version(name)}")
     try:
         ffmpeg = ffmpeg_exe()
         version = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, check=True).stdout
-        print(f"ffmpeg      {version.split()[2]} ({ffmpeg})")
+        print(f"ffmpeg          {version.split()[2]} ({ffmpeg})")
     except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
         problems.append(f"no working ffmpeg program ({exc}); setup.sh installs one with imageio-ffmpeg")
     for name in FORBIDDEN_PACKAGES:
