@@ -30,6 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests import private_network  # noqa: E402
+
+if __name__ == "__main__":
+    # Ray's servers listen on every interface: the benchmark's clusters live in a loopback-only network.
+    # First of all, so the heavy imports below run once, in the re-executed process.
+    private_network.enter()
+
 from pipeline.acquire.clip import clip_shard  # noqa: E402
 from pipeline.acquire.download import download_shard  # noqa: E402
 from pipeline.acquire.manifest import ManifestEntry, write_manifest  # noqa: E402
@@ -41,7 +48,6 @@ from pipeline.features.visual import save_random_clip_model  # noqa: E402
 from pipeline.separate import save_random_from_params, separate_shard  # noqa: E402
 from pipeline.status import summary  # noqa: E402
 from pipeline.synth import read_labels, render_sample_set  # noqa: E402
-from tests import private_network  # noqa: E402
 from tests.raycluster import LocalCluster  # noqa: E402
 
 
@@ -87,8 +93,6 @@ def main() -> None:
     parser.add_argument("--node-cpus", type=int, default=1, help="CPUs of each worker node in (b)")
     parser.add_argument("--skip-nodes", action="store_true", help="only (a)")
     args = parser.parse_args()
-    # Ray's servers listen on every interface: the benchmark's clusters live in a loopback-only network.
-    private_network.enter()
     print(f"private network namespace: {private_network.state()}")
     import os
 

@@ -29,6 +29,23 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
+def _folder_or_cached(source: str | Path, *, label: str, where_from: str, cache_dir: str | Path | None,
+                      not_found: str) -> Path:
+    """Folder ``source`` itself, or the cached snapshot of hub id ``source`` (nothing is downloaded).
+
+    Raises:
+        FileNotFoundError: neither; the message says ``not_found`` and ``where_from``.
+    """
+    folder = Path(source)
+    if folder.is_dir():
+        return folder
+    try:
+        return Path(snapshot_download(str(source), local_files_only=True, cache_dir=cache_dir))
+    except (HFValidationError, OSError) as exc:  # OSError covers LocalEntryNotFoundError
+        raise FileNotFoundError(f"{label} {str(source)!r}: {not_found}, and no such hub id in the local "
+                                f"Hugging Face cache; {where_from}") from exc
+
+
 def local_checkpoint(source: str | Path, *, label: str, where_from: str,
                      cache_dir: str | Path | None = None) -> Path:
     """The folder holding a checkpoint: ``source`` itself, or the cached snapshot of hub id ``source``.
@@ -41,13 +58,8 @@ def local_checkpoint(source: str | Path, *, label: str, where_from: str,
         FileNotFoundError: no such folder and no such cached hub id, or a folder without
             config.json or weights; the message names the missing file and ``where_from``.
     """
-    folder = Path(source)
-    if not folder.is_dir():
-        try:
-            folder = Path(snapshot_download(str(source), local_files_only=True, cache_dir=cache_dir))
-        except (HFValidationError, OSError) as exc:  # OSError covers LocalEntryNotFoundError
-            raise FileNotFoundError(f"{label} {str(source)!r}: no such folder, and no such hub id in the local "
-                                    f"Hugging Face cache; {where_from}") from exc
+    folder = _folder_or_cached(source, label=label, where_from=where_from, cache_dir=cache_dir,
+                               not_found="no such folder")
     missing = [name for name, present in (("config.json", (folder / "config.json").is_file()),
                                           ("model.safetensors", any((folder / w).is_file() for w in WEIGHT_FILES)))
                if not present]
@@ -69,13 +81,8 @@ def checkpoint_file(source: str | Path, *, names: tuple[str, ...], label: str, w
     """
     if Path(source).is_file():
         return Path(source)
-    folder = Path(source)
-    if not folder.is_dir():
-        try:
-            folder = Path(snapshot_download(str(source), local_files_only=True, cache_dir=cache_dir))
-        except (HFValidationError, OSError) as exc:
-            raise FileNotFoundError(f"{label} {str(source)!r}: no such file or folder, and no such hub id in the "
-                                    f"local Hugging Face cache; {where_from}") from exc
+    folder = _folder_or_cached(source, label=label, where_from=where_from, cache_dir=cache_dir,
+                               not_found="no such file or folder")
     for name in names:
         if (folder / name).is_file():
             return folder / name

@@ -96,8 +96,12 @@ _RENAMED_SECTIONS = {"clip": "visual", "flow": "motion"}
 
 def _current_names(features: dict) -> dict:
     """A recipe's features section with the section names of today (older exports said clip/flow)."""
-    return {_RENAMED_SECTIONS.get(key, key) if _RENAMED_SECTIONS.get(key) not in features else key: value
-            for key, value in features.items()}
+    current = {}
+    for key, value in features.items():
+        new = _RENAMED_SECTIONS.get(key)
+        # a recipe holding both names keeps the old one as it is: the params check then names it
+        current[new if new is not None and new not in features else key] = value
+    return current
 
 
 def read_recipe(model_dir: Path | str) -> FeatureRecipe:

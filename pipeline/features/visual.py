@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import PIL.Image
@@ -31,6 +31,9 @@ from pipeline.config import VisualFeatureParams
 from pipeline.errors import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
+
+if TYPE_CHECKING:
+    from pipeline.features.open_clip_backend import OpenClipVisual
 
 log = logging.getLogger("v2m.visual")
 
@@ -109,7 +112,7 @@ def _where_from() -> str:
 
 
 def load_clip_model(model: str | Path, device: str = "auto", dtype: str = "float32",
-              cache_dir: str | Path | None = None) -> CLIPVisionModel:
+                    cache_dir: str | Path | None = None) -> CLIPVisionModel:
     """Load a CLIP vision tower in eval mode, from disk only (``local_files_only=True``).
 
     Args:
@@ -166,6 +169,11 @@ def save_random_clip_model(folder: Path | str, seed: int, **arch) -> Path:
     return Path(folder)
 
 
+def token_shape(config: CLIPVisionConfig) -> tuple[int, int]:
+    """``(tokens per frame, width)`` of a CLIP vision config: CLS + ``(image / patch) ** 2`` patches, hidden size."""
+    return (config.image_size // config.patch_size) ** 2 + 1, config.hidden_size
+
+
 def encode_frames(model: CLIPVisionModel, pixels: torch.Tensor | np.ndarray, batch_size: int = 32) -> np.ndarray:
     """``last_hidden_state`` of every frame, in batches of ``batch_size``, in the model's device and dtype.
 
@@ -176,12 +184,12 @@ def encode_frames(model: CLIPVisionModel, pixels: torch.Tensor | np.ndarray, bat
         float16 ``[N, 50, 768]`` on the CPU (``[N, 1 + (image / patch) ** 2, hidden]`` in general).
     """
     config = model.config
-    tokens = (config.image_size // config.patch_size) ** 2 + 1
+    tokens, width = token_shape(config)
     pixels = torch.as_tensor(pixels)
     expected = (config.num_channels, config.image_size, config.image_size)
     if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
         raise ValueError(f"pixels must be [N, {', '.join(map(str, expected))}], got {tuple(pixels.shape)}")
-    out = np.empty((pixels.shape[0], tokens, config.hidden_size), np.float16)
+    out = np.empty((pixels.shape[0], tokens, width), np.float16)
     with torch.inference_mode():
         for start in range(0, pixels.shape[0], batch_size):
             batch = pixels[start:start + batch_size].to(model.device, model.dtype)
@@ -205,11 +213,11 @@ class TransformersVisual:
 
     @property
     def tokens(self) -> int:
-        return (self.model.config.image_size // self.model.config.patch_size) ** 2 + 1
+        return token_shape(self.model.config)[0]
 
     @property
     def width(self) -> int:
-        return self.model.config.hidden_size
+        return token_shape(self.model.config)[1]
 
     def preprocess(self, frames: Frames) -> torch.Tensor:
         """uint8 RGB ``[N, H, W, 3]`` -> float32 ``[N, 3, 224, 224]``."""
@@ -220,7 +228,7 @@ class TransformersVisual:
         return encode_frames(self.model, pixels, batch_size)
 
 
-def load_visual_model(visual: VisualFeatureParams, device: str | None = None):
+def load_visual_model(visual: VisualFeatureParams, device: str | None = None) -> "TransformersVisual | OpenClipVisual":
     """The CLIP of ``visual`` (``features.visual``) by its ``backend``: a :class:`TransformersVisual`, or an
     :class:`~pipeline.features.open_clip_backend.OpenClipVisual`. Both give the same tokens for the same
     weights (``tests/test_open_clip_backend.py``). ``device`` overrides ``visual.device``."""
@@ -240,8 +248,7 @@ def visual_token_shape(visual: VisualFeatureParams) -> tuple[int, int]:
 
         return open_clip_token_shape(visual.model)
     folder = local_checkpoint(visual.model, label="CLIP model", where_from=_where_from())
-    config = CLIPVisionConfig.from_pretrained(folder, local_files_only=True)
-    return (config.image_size // config.patch_size) ** 2 + 1, config.hidden_size
+    return token_shape(CLIPVisionConfig.from_pretrained(folder, local_files_only=True))
 
 
 class ClipModelEncoder:
@@ -252,7 +259,7 @@ class ClipModelEncoder:
     from several threads take turns, since concurrent forwards would only fight over the cores.
     """
 
-    def __init__(self, model: "TransformersVisual", batch_size: int = 32):
+    def __init__(self, model: "TransformersVisual | OpenClipVisual", batch_size: int = 32):
         self.model, self.batch_size = model, batch_size
         self._lock = threading.Lock()
 
