@@ -81,7 +81,7 @@ from pipeline.train.experiment import code_fingerprint, run_identity, run_traini
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = "s0000"
-FORMAT = 4               # bump when the cached feature layout below or what v2m-synth renders changes
+FORMAT = 5               # bump when the cached feature layout below or what v2m-synth renders changes
 TARGET_RATE = 32_000
 BPM_BINS = 32
 FIGURES = ("video", "oracle", "motion")

@@ -233,7 +233,7 @@ def motion_table_writer(path: Path, flow: MotionFeatureParams) -> ShardWriter:
         pa.field("magnitude", pa.fixed_shape_tensor(pa.uint8(), [flow.size, flow.size])),
         pa.field("scale", pa.float32())],
         {"params": dataclasses.asdict(flow), "method": "cv2.calcOpticalFlowFarneback, magnitude only",
-         "units": "pixels of the size x size frame per frame interval; map 0 is zero (no previous frame)",
+         "units": "pixels of the size x size frame per frame interval; map 0 repeats map 1 (no previous frame)",
          "quantization": "magnitude = q * scale / 255"}, compression="zstd")
 
 
