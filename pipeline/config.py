@@ -458,6 +458,8 @@ class ModelParams:
     condition_dropout: float = param(0.1, lo=0.0, hi=1.0, doc="share of training segments with the video hidden (CFG)")
     aligned_condition: bool = param(False, doc="also add the per-time video features to the decoder's input "
                                                "embeddings on the code grid (beyond the paper); false = the paper")
+    aligned_motion_rank: int = param(0, lo=0, hi=4096, doc="with aligned_condition: the width the motion is "
+                                     "brought to before it enters the aligned features (0 = full width)")
     pretrained_decoder: str = param("", doc="facebook/musicgen-small folder to load the decoder from; empty = random")
     train_decoder: bool = param(True, doc="false freezes the MusicGen decoder (the codec and CLIP are always frozen)")
     seed: int = param(0, lo=0, doc="seed of the initial weights")

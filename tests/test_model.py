@@ -592,11 +592,29 @@ def test_aligned_null_condition_is_no_condition_in_both_paths():
                               full[1], atol=1e-4)
 
 
-def test_aligned_model_save_and_load_round_trip(tmp_path):
-    m = aligned_model()
+def test_a_motion_rank_brings_the_motion_into_the_aligned_features_through_that_many_dims():
+    """With ``aligned_motion_rank`` r, what one motion map can do to the aligned features (every code
+    frame, every channel: level, change and onset terms together) spans exactly r directions of the
+    map's embedding; at full width, all D_m."""
+    for rank, expected in ((3, 3), (0, None)):
+        m = aligned_model(aligned_motion_rank=rank)
+        d_m = m.config.motion_dim
+        f = torch.randn(1, 6, d_m, generator=torch.Generator().manual_seed(3))
+
+        def aligned_of_map_3(row: torch.Tensor) -> torch.Tensor:
+            return m.aligned(torch.zeros(1, 3, m.config.visual_dim), torch.cat([f[:, :3], row[None, None], f[:, 4:]], 1),
+                             75)
+        jacobian = torch.autograd.functional.jacobian(aligned_of_map_3, f[0, 3]).reshape(-1, d_m)
+        assert int(torch.linalg.matrix_rank(jacobian)) == (expected or d_m), rank
+
+
+@pytest.mark.parametrize("rank", [0, 3])
+def test_aligned_model_save_and_load_round_trip(tmp_path, rank):
+    m = aligned_model(aligned_motion_rank=rank)
     visual, motion, codes = video(2)
     loaded = V2MModel.from_pretrained(m.save_pretrained(tmp_path / "v2m"))
     assert loaded.config.aligned_condition and loaded.config == m.config
+    assert (loaded.aligned.motion_down is None) == (rank == 0)
     assert torch.equal(loaded(visual, motion, codes).logits, m(visual, motion, codes).logits)
 
 

@@ -241,9 +241,16 @@ class AlignedCondition(nn.Module):
     (without the onset channel), 0.70 with both routes; on a synth variant with one crash sample per
     event, 0.18 with the input route and the onset channel, 0.61 with both routes.
 
-    Every input projection, the phase code and the onset matrices start at zero, so a fresh model
-    decodes as the paper's does and the path opens as it learns (and the draws of the other parts'
-    initial weights are those of a model without it); :attr:`output` starts as the identity.
+    Every input projection but :attr:`motion_down`, the phase code and the onset matrices start at
+    zero, so a fresh model decodes as the paper's does and the path opens as it learns (and the draws
+    of the other parts' initial weights are those of a model without it); :attr:`output` starts as
+    the identity.
+
+    With ``motion_rank`` ``r > 0`` the motion enters through a learned map to ``r`` dims first
+    (:attr:`motion_down`, shared by the level, change and onset terms): enough to say how much moved
+    and when, too few to give every training event a key of its own. At full width the model learnt
+    the random noise bursts of the training set's accents through their events' motion (training CE
+    0.18 nats/token below the model without motion, held-out CE 0.07 above it: issue 13's notes).
 
     Args:
         visual_dim: ``D`` of ``v``.
@@ -251,21 +258,25 @@ class AlignedCondition(nn.Module):
             the visual frames).
         width: decoder width ``M``.
         visual_fps, motion_fps, rate: the feature and code rates.
+        motion_rank: ``r``, the width the motion is brought to first; 0 = ``D_m`` (no such map).
     """
 
     def __init__(self, visual_dim: int, motion_dim: int | None, width: int, visual_fps: float, motion_fps: float,
-                 rate: float):
+                 rate: float, motion_rank: int = 0):
         super().__init__()
         self.visual_fps, self.motion_fps, self.rate = visual_fps, motion_fps, rate
+        motion_in = (motion_rank or motion_dim) if motion_dim else None
         self.visual = nn.Linear(visual_dim, width)
-        self.motion = nn.Linear(motion_dim, width) if motion_dim else None
-        self.change = nn.Linear(motion_dim, width) if motion_dim else None
+        self.motion = nn.Linear(motion_in, width) if motion_dim else None
+        self.change = nn.Linear(motion_in, width) if motion_dim else None
         self.phase_fps = motion_fps if motion_dim else visual_fps
         self.phase = nn.Embedding(math.ceil(rate / self.phase_fps - 1e-9), width)
-        # [slots, D_m, M]: one projection of the change per offset of its instant in the code frame
-        self.onset = nn.Parameter(torch.empty(ONSET_SLOTS, motion_dim, width)) if motion_dim else None
+        # [slots, r, M]: one projection of the change per offset of its instant in the code frame
+        self.onset = nn.Parameter(torch.empty(ONSET_SLOTS, motion_in, width)) if motion_dim else None
         for p in self.parameters():
             nn.init.zeros_(p)
+        # random, not zero: behind the zero projections above a zero map would get no gradient
+        self.motion_down = nn.Linear(motion_dim, motion_rank) if motion_dim and motion_rank else None
         # the decoder's output route (V2MModel adds output(features) to its last hidden state): identity
         # at the start, so it opens with the input route; no bias, so the null condition (zero features)
         # adds nothing there either
@@ -283,6 +294,8 @@ class AlignedCondition(nn.Module):
         if self.motion is not None:
             if motion is None:
                 raise ValueError("this aligned condition uses motion: pass the motion embeddings")
+            if self.motion_down is not None:
+                motion = self.motion_down(motion)                                  # [B, N_m, r]
             frame_m, _ = code_grid(steps, self.motion_fps, self.rate, visual.device)
             frame_m = frame_m.clamp_max(motion.shape[1] - 1)
             change = motion - torch.cat([motion[:, :1], motion[:, :-1]], dim=1)

@@ -112,6 +112,7 @@ class V2MConfig:
     tokens_per_frame: int = 2
     condition_dropout: float = 0.1
     aligned_condition: bool = False
+    aligned_motion_rank: int = 0        # 0: the motion enters the aligned features at full width
     # decoder (MusicgenForCausalLM)
     decoder_dim: int = 1024
     decoder_layers: int = 24
@@ -133,6 +134,7 @@ class V2MConfig:
         need(self.decoder_dim % self.decoder_heads == 0, f"decoder_dim {self.decoder_dim} not divisible by "
                                                          f"decoder_heads {self.decoder_heads}")
         need(0.0 <= self.condition_dropout <= 1.0, f"condition_dropout must be in [0, 1], got {self.condition_dropout}")
+        need(self.aligned_motion_rank >= 0, f"aligned_motion_rank must be >= 0, got {self.aligned_motion_rank}")
         need(self.tokens_per_frame >= 1, f"tokens_per_frame must be >= 1, got {self.tokens_per_frame}")
         need(self.num_codebooks >= 1 and self.codebook_size >= 2, "need codebooks of at least 2 entries")
         if self.use_motion:
@@ -244,7 +246,7 @@ class V2MModel(nn.Module):
             self.fusion = None
         # Last of all, and zero-initialised: the other parts' initial weights are those of a model without it.
         self.aligned = (AlignedCondition(c.visual_dim, c.motion_dim if c.use_motion else None, c.decoder_dim,
-                                         c.visual_fps, c.motion_fps, c.codes_rate)
+                                         c.visual_fps, c.motion_fps, c.codes_rate, c.aligned_motion_rank)
                         if c.aligned_condition else None)
         # The aligned features enter as a term of the input embeddings: MusicGen sums the K
         # codebooks' embeddings, and a hook on the first one adds them (with `inputs_embeds`
