@@ -301,7 +301,7 @@ def main() -> None:
         f"EnCodec 32 kHz random, codebooks calibrated on the train split; targets: the CLEAN accompaniment stems "
         f"at 32 kHz mono (no Demucs)")
     log(f"config: model {m.size}, tokens_per_frame {m.tokens_per_frame}, condition_dropout {m.condition_dropout}, "
-        f"aligned_motion_rank {m.aligned_motion_rank}; "
+        f"aligned_motion_rank {m.aligned_motion_rank}, aligned_motion_energy {m.aligned_motion_energy}; "
         f"train {steps} steps, batch {t.batch_size}, segment {t.segment_seconds:g} s, lr {t.lr:g}, "
         f"warmup {min(t.warmup_steps, max(steps // 10, 1))}, ema {t.ema_decay}; split val {split.val_fraction} / "
         f"test {split.test_fraction} (held out: val + test); seeds {seeds}, oracle/motion seeds {other_seeds} "

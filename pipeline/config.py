@@ -460,6 +460,9 @@ class ModelParams:
                                                "embeddings on the code grid (beyond the paper); false = the paper")
     aligned_motion_rank: int = param(0, lo=0, hi=4096, doc="with aligned_condition: the width the motion is "
                                      "brought to before it enters the aligned features (0 = full width)")
+    aligned_motion_energy: bool = param(False, doc="with aligned_condition and motion: also tell the decoder "
+                                        "how much moves in each flow map (fixed statistics, relative to the "
+                                        "segment) on the code frames around its instant")
     pretrained_decoder: str = param("", doc="facebook/musicgen-small folder to load the decoder from; empty = random")
     train_decoder: bool = param(True, doc="false freezes the MusicGen decoder (the codec and CLIP are always frozen)")
     seed: int = param(0, lo=0, doc="seed of the initial weights")

@@ -17,7 +17,8 @@ from pipeline.features import codec
 from pipeline.model import (PARTS, CrossAttentionFusion, MotionEncoder, V2MConfig, V2MModel, VisualEncoder,
                             apply_delay, build_model, codebook_cross_entropy, generate, generate_codes,
                             load_pretrained_decoder, preset_config, sample_top_k, tiny_config, undo_delay)
-from pipeline.model.encoders import ONSET_SLOTS, AlignedCondition, code_grid, onset_slots, temporal_code
+from pipeline.model.encoders import (MOTION_ENERGY_GAIN, ONSET_SLOTS, AlignedCondition, code_grid, motion_energy,
+                                     onset_slots, temporal_code)
 from pipeline.model.sampling import guide
 
 K, C, PAD = 4, 2048, 2048
@@ -514,6 +515,54 @@ def test_the_onset_channel_puts_a_change_exactly_on_the_frames_around_its_instan
     assert torch.allclose(out[50], -f[0, 3] @ m.aligned.onset[ONSET_SLOTS // 2 + 0], atol=1e-6)
 
 
+def burst_maps(frames: int = 8, burst: int = 5, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Flow maps ``[1, frames, size, size]``: a steady drift (~0.5 px everywhere, a little noise) and, in map
+    ``burst``, one small object (4 x 4 px) jumping 12 px: the mean barely moves, the top speeds do."""
+    g = torch.Generator().manual_seed(seed)
+    maps = 0.5 + 0.01 * torch.rand(1, frames, size, size, generator=g)
+    maps[0, burst, 10:14, 10:14] = 12.0
+    return maps
+
+
+def test_motion_energy_marks_a_burst_whatever_the_videos_usual_speed():
+    energy = motion_energy(burst_maps())                                          # [1, 8, 2]
+    assert energy.shape == (1, 8, 2)
+    quiet = torch.cat([energy[0, :5], energy[0, 6:]])
+    assert float(quiet.abs().max()) < 0.1                        # maps like most: ~0
+    assert float(energy[0, 5, 1]) > 2.0                          # the top speeds: log(12 / 0.5)
+    assert 0.0 < float(energy[0, 5, 0]) < 0.5                    # the mean: 16 of 1024 pixels moved
+    # relative to the segment: the same video three times faster, or on a larger map, says the same
+    assert torch.allclose(motion_energy(3 * burst_maps()), energy, atol=0.01)
+    larger = torch.nn.functional.interpolate(burst_maps(), scale_factor=2, mode="nearest") * 2
+    assert torch.allclose(motion_energy(larger), energy, atol=0.01)
+    # a still video: nothing moves, nothing is marked (finite, zero)
+    assert torch.equal(motion_energy(torch.zeros(2, 6, 16, 16)), torch.zeros(2, 6, 2))
+
+
+def test_the_energy_onset_term_puts_a_burst_exactly_on_the_frames_around_its_instant():
+    """Only the energy onset vectors on and the motion embeddings all zero: a burst in flow map 3 (0.75 s =
+    code time 37.5) reaches exactly code frames 36 .. 39 through the whole model's conditions; the map
+    after it, back to the usual speed, adds nothing (the term takes the level, not the change)."""
+    m = aligned_model(aligned_motion_energy=True)
+    with torch.no_grad():
+        for name, p in m.aligned.named_parameters():
+            if not name.startswith(("onset_energy", "output.")):
+                p.zero_()
+    maps = burst_maps(frames=6, burst=3, size=SIZE)
+    visual = torch.zeros(1, 3, 50, 768)
+    with torch.no_grad():
+        _, aligned = m.conditions(visual, maps, 75)
+        _, steady = m.conditions(visual, maps[:, :1].expand_as(maps), 75)
+    assert torch.equal(steady, torch.zeros_like(steady))
+    rows = (aligned[0].abs().amax(-1) > 0.01 * float(aligned.abs().max())).nonzero().flatten().tolist()
+    assert rows == [36, 37, 38, 39]
+    # frame 37 holds the instant in its second half: slot ONSET_SLOTS // 2 + 1, as the learned onset channel
+    expected = MOTION_ENERGY_GAIN * motion_energy(maps)[0, 3] @ m.aligned.onset_energy[ONSET_SLOTS // 2 + 1].detach()
+    assert torch.allclose(aligned[0, 37], expected, atol=1e-3 * float(expected.abs().max()))
+    with pytest.raises(ValueError, match="energy onset term"):
+        m.aligned(torch.zeros(1, 3, m.config.visual_dim), torch.zeros(1, 6, m.config.motion_dim), 75)
+
+
 def test_the_output_route_adds_the_features_before_the_heads_at_their_positions():
     """With the input route cut (features zeroed at the embeddings), the features still reach the logits
     through the output route, at exactly the positions they are given: nothing before them changes."""
@@ -608,19 +657,20 @@ def test_a_motion_rank_brings_the_motion_into_the_aligned_features_through_that_
         assert int(torch.linalg.matrix_rank(jacobian)) == (rank or d_m), rank
 
 
-@pytest.mark.parametrize("rank", [0, 3])
-def test_aligned_model_save_and_load_round_trip(tmp_path, rank):
-    m = aligned_model(aligned_motion_rank=rank)
+@pytest.mark.parametrize("rank, energy", [(0, False), (3, True)])
+def test_aligned_model_save_and_load_round_trip(tmp_path, rank, energy):
+    m = aligned_model(aligned_motion_rank=rank, aligned_motion_energy=energy)
     visual, motion, codes = video(2)
     loaded = V2MModel.from_pretrained(m.save_pretrained(tmp_path / "v2m"))
     assert loaded.config.aligned_condition and loaded.config == m.config
     assert (loaded.aligned.motion_down is None) == (rank == 0)
+    assert (loaded.aligned.onset_energy is not None) == energy
     assert torch.equal(loaded(visual, motion, codes).logits, m(visual, motion, codes).logits)
 
 
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_kv_cached_sampler_matches_full_recompute_with_the_aligned_path(cfg):
-    m = aligned_model()
+@pytest.mark.parametrize("cfg, energy", [(1.0, False), (3.0, True)])
+def test_kv_cached_sampler_matches_full_recompute_with_the_aligned_path(cfg, energy):
+    m = aligned_model(aligned_motion_energy=energy)
     visual, motion, _ = video(2)
     prompt = torch.randint(0, C, (2, K, 4), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

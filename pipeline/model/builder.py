@@ -62,6 +62,7 @@ def model_config(params: ModelParams, rates: StreamRates) -> V2MConfig:
         return preset_config(params.size, use_motion=params.use_motion, tokens_per_frame=params.tokens_per_frame,
                              condition_dropout=params.condition_dropout, aligned_condition=params.aligned_condition,
                              aligned_motion_rank=params.aligned_motion_rank,
+                             aligned_motion_energy=params.aligned_motion_energy,
                              motion_size=rates.motion_size,
                              visual_fps=float(rates.visual_fps), motion_fps=float(rates.motion_fps),
                              codes_rate=float(rates.code_rate))

@@ -47,7 +47,7 @@ from pipeline import audiocraft_format, checkpoints
 from pipeline.errors import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
-from pipeline.model.encoders import AlignedCondition, CrossAttentionFusion, MotionEncoder, VisualEncoder
+from pipeline.model.encoders import AlignedCondition, CrossAttentionFusion, MotionEncoder, VisualEncoder, motion_energy
 from pipeline.model.patterns import apply_delay, undo_delay
 
 log = logging.getLogger("v2m.model")
@@ -113,6 +113,7 @@ class V2MConfig:
     condition_dropout: float = 0.1
     aligned_condition: bool = False
     aligned_motion_rank: int = 0        # 0: the motion enters the aligned features at full width
+    aligned_motion_energy: bool = False  # the aligned path's energy onset term (AlignedCondition)
     # decoder (MusicgenForCausalLM)
     decoder_dim: int = 1024
     decoder_layers: int = 24
@@ -246,7 +247,8 @@ class V2MModel(nn.Module):
             self.fusion = None
         # Last of all, and zero-initialised: the other parts' initial weights are those of a model without it.
         self.aligned = (AlignedCondition(c.visual_dim, c.motion_dim if c.use_motion else None, c.decoder_dim,
-                                         c.visual_fps, c.motion_fps, c.codes_rate, c.aligned_motion_rank)
+                                         c.visual_fps, c.motion_fps, c.codes_rate, c.aligned_motion_rank,
+                                         c.aligned_motion_energy)
                         if c.aligned_condition else None)
         # The aligned features enter as a term of the input embeddings: MusicGen sums the K
         # codebooks' embeddings, and a hook on the first one adds them (with `inputs_embeds`
@@ -287,8 +289,10 @@ class V2MModel(nn.Module):
             o = v
         b, n = o.shape[:2]
         z = self.projection(o).reshape(b, n * self.config.tokens_per_frame, self.config.decoder_dim)
-        aligned = self.aligned(v, f, steps) if self.aligned is not None and steps > 0 else None
-        return z, aligned
+        if self.aligned is None or steps <= 0:
+            return z, None
+        energy = motion_energy(motion) if self.aligned.onset_energy is not None else None
+        return z, self.aligned(v, f, steps, energy)
 
     def condition_drop_mask(self, batch: int, drop_condition: torch.Tensor | None = None,
                             generator: torch.Generator | None = None,
