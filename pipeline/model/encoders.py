@@ -24,6 +24,12 @@ TIME_CODE_STEPS_PER_SECOND = 4.0
 FLOW_REFERENCE_SIZE = 224
 
 
+def reference_speeds(motion: torch.Tensor, size: int) -> torch.Tensor:
+    """Farneback speeds on a map of side ``size`` -> what they would be on a ``FLOW_REFERENCE_SIZE`` map
+    (negative values, which the flow never gives, clamped to 0); same shape."""
+    return motion.clamp_min(0) * (FLOW_REFERENCE_SIZE / size)
+
+
 def temporal_code(n: int, fps: float, dim: int, *, device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Sinusoidal codes of ``n`` frames sampled at ``fps``: ``[n, dim]``.
@@ -123,7 +129,7 @@ class MotionEncoder(nn.Module):
 
     def normalize(self, motion: torch.Tensor) -> torch.Tensor:
         """Speeds in pixels per frame interval -> ``log1p(speed * 224 / S)`` (same shape)."""
-        return torch.log1p(motion.clamp_min(0) * (FLOW_REFERENCE_SIZE / self.image_size))
+        return torch.log1p(reference_speeds(motion, self.image_size))
 
     def forward(self, motion: torch.Tensor) -> torch.Tensor:
         """``[B, N_m, S, S]`` flow magnitudes -> ``[B, N_m, D]``."""
@@ -231,7 +237,7 @@ def motion_energy(motion: torch.Tensor) -> torch.Tensor:
     as ``log((x_j + floor) / (median over the segment's maps + floor))``: 0 for a map like most,
     > 0 for a burst. Fixed, not learned, and free of the frame's size and of the video's usual speed.
     """
-    speeds = motion.float().clamp_min(0).flatten(2) * (FLOW_REFERENCE_SIZE / motion.shape[-1])   # [B, N_m, S*S]
+    speeds = reference_speeds(motion.float(), motion.shape[-1]).flatten(2)                        # [B, N_m, S*S]
     rank = max(1, math.ceil(MOTION_ENERGY_QUANTILE * speeds.shape[-1]))
     stats = torch.stack([speeds.mean(-1), speeds.kthvalue(rank, dim=-1).values], dim=-1)          # [B, N_m, 2]
     typical = stats.median(dim=1, keepdim=True).values
