@@ -122,6 +122,28 @@ def test_calibrated_codec_is_deterministic_for_a_seed(tmp_path, caplog):
     assert np.array_equal(codec.encode(a, audios[0], 1.2), codec.encode(b, audios[0], 1.2))
 
 
+def test_calibration_clips_reuse_their_stored_encoder_frames_with_identical_codes(tmp_path, monkeypatch):
+    audios = clips(3, 2.0, seed=5)
+    codec.save_calibrated_random_codec(tmp_path / "c", audios[:2], seed=1, init_frames=64, iterations=3,
+                                       config=tiny_config())
+    model = codec.load_codec(tmp_path / "c", device="cpu")
+    assert len(getattr(model, codec.LATENTS_ATTR)) == 2
+    fresh = {i: codec.encode_batch(model, audios[i][None], 1.2)[0] for i in range(2)}
+    through_encoder = [model.encode(torch.from_numpy(a[None]), bandwidth=1.2).audio_codes[0, 0].numpy() for a in audios]
+    assert all(np.array_equal(fresh[i], through_encoder[i]) for i in range(2))
+
+    calls = []
+    original = type(model.encoder).forward
+    monkeypatch.setattr(type(model.encoder), "forward", lambda self, x: calls.append(x.shape) or original(self, x))
+    assert np.array_equal(codec.encode(model, audios[0], 1.2), through_encoder[0])
+    assert calls == []                                       # a calibration clip: its stored frames, no encoder
+    changed = audios[0].copy()
+    changed[0, 5] += 1e-3
+    codec.encode(model, changed, 1.2)
+    assert np.array_equal(codec.encode(model, audios[2], 1.2), through_encoder[2])
+    assert len(calls) == 2                                   # other audio, even one sample off: the encoder runs
+
+
 def test_saved_codec_folder_loads_with_identical_codes(calibrated, tmp_path):
     model, _, audios = calibrated
     model.save_pretrained(tmp_path / "encodec")  # the format of facebook/encodec_32khz

@@ -239,7 +239,10 @@ def motion_energy(motion: torch.Tensor) -> torch.Tensor:
     """
     speeds = reference_speeds(motion.float(), motion.shape[-1]).flatten(2)                        # [B, N_m, S*S]
     rank = max(1, math.ceil(MOTION_ENERGY_QUANTILE * speeds.shape[-1]))
-    stats = torch.stack([speeds.mean(-1), speeds.kthvalue(rank, dim=-1).values], dim=-1)          # [B, N_m, 2]
+    # The rank-th smallest is the smallest of the top (n - rank + 1): the same value, and topk of the
+    # top 1% took a third of kthvalue's time (kthvalue was the training step's costliest op on an AVX2 CPU).
+    quantile = speeds.topk(speeds.shape[-1] - rank + 1, dim=-1, sorted=False).values.min(-1).values
+    stats = torch.stack([speeds.mean(-1), quantile], dim=-1)                                      # [B, N_m, 2]
     typical = stats.median(dim=1, keepdim=True).values
     return torch.log((stats + MOTION_ENERGY_FLOOR) / (typical + MOTION_ENERGY_FLOOR))
 
