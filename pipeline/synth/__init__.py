@@ -10,14 +10,18 @@ Layout of a rendered set (``DIR``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline import media
+from pipeline import media, threads
 from pipeline.config import SampleParams, as_dict
 from pipeline.files import atomic_path
 from pipeline.synth.music import render_stems
@@ -89,18 +93,37 @@ def render_clip(spec: ClipSpec, out_dir: Path) -> dict:
     return row
 
 
-def render_sample_set(out: Path | str, params: SampleParams, progress: bool = True) -> Path:
+def render_sample_set(out: Path | str, params: SampleParams, progress: bool = True, workers: int | None = None) -> Path:
     """Render the whole set into ``out``, replacing it atomically (a killed run leaves no half set).
+
+    Clips are independent (each from its own spec), so ``workers`` processes render them; the files
+    are the same for any count. ``workers`` None: the cores the thread policy found free
+    (:mod:`pipeline.threads`; 1 before any stage applied it).
 
     Returns:
         the path of labels.parquet.
     """
     out = Path(out)
+    if workers is None:
+        plan = threads.applied()
+        workers = plan.threads if plan is not None and plan.threads else 1
+    specs = [sample_clip_spec(params, index) for index in range(params.n_clips)]
     with atomic_path(out) as temp:
         (temp / "stems").mkdir(parents=True)
-        rows = []
-        for index in tqdm(range(params.n_clips), desc=f"v2m synth -> {out}", unit="clip", disable=not progress):
-            rows.append(render_clip(sample_clip_spec(params, index), temp))
+        bar = tqdm(desc=f"v2m synth -> {out}", total=len(specs), unit="clip", disable=not progress)
+        with contextlib.ExitStack() as stack:
+            if workers > 1 and len(specs) > 1:
+                # fork: the workers need nothing but this module, and start in milliseconds.
+                pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(workers, len(specs)),
+                                                               mp_context=multiprocessing.get_context("fork")))
+                rendered = pool.map(render_clip, specs, repeat(temp))
+            else:
+                rendered = map(render_clip, specs, repeat(temp))
+            rows = []
+            for row in rendered:
+                rows.append(row)
+                bar.update()
+        bar.close()
         table = pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
         table = table.replace_schema_metadata({"v2m.synth.params": json.dumps(as_dict(params))})
         pq.write_table(table, temp / LABELS_FILE)
