@@ -54,7 +54,7 @@ EMBEDDED_ATTR = "v2m_embedded_decoder"  # the loaded model's attribute holding i
 # so the codes stage quantizes them instead of running the encoder again on the same audio (on a 2-core
 # AVX2 machine the encoder is ~1.3 s per 6 s clip: the codes stage's whole cost).
 LATENTS_FILE = "calibration_latents.npz"
-LATENTS_ATTR = "v2m_calibration_latents"  # the loaded model's attribute: {audio digest: float32 [D, T]}
+LATENTS_ATTR = "v2m_calibration_latents"  # the loaded model's attribute: {(device, audio digest): [D, T]}
 # facebook/encodec_32khz's config.json, spelled out rather than trusting library defaults (which are
 # the 24 kHz model's). Its SEANet has identity skips (use_conv_shortcut False, audiocraft's true_skip).
 # codebook_dim (128 there) is left to follow hidden_size, as EncodecConfig does, so tiny test codecs stay valid.
@@ -174,8 +174,8 @@ def _save_latents(folder: Path, audios: Sequence[np.ndarray], frames: np.ndarray
              digests=np.asarray([audio_digest(a) for a in audios]), device=np.asarray(device.type))
 
 
-def _load_latents(folder: Path) -> dict[str, torch.Tensor]:
-    """``{audio digest: float32 [D, T]}`` from ``folder/LATENTS_FILE`` (empty without the file)."""
+def _load_latents(folder: Path) -> dict[tuple[str, str], torch.Tensor]:
+    """``{(device type, audio digest): float32 [D, T]}`` from ``folder/LATENTS_FILE`` (empty without the file)."""
     path = Path(folder) / LATENTS_FILE
     if not path.is_file():
         return {}
