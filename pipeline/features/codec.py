@@ -186,13 +186,14 @@ def _load_latents(folder: Path) -> dict[tuple[str, str], torch.Tensor]:
         return {(device, digest): chunk.t() for digest, chunk in zip(stored["digests"].tolist(), chunks)}
 
 
-def _stored_latents(model: EncodecModel, audio: np.ndarray) -> torch.Tensor | None:
-    """The encoder frames ``[1, D, T]`` codec_init computed for exactly this ``audio`` ``[1, S]`` on this
-    device type in float32, else None: the same numbers the encoder would give here."""
+def _stored_latents(model: EncodecModel, audios: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor | None:
+    """The encoder frames ``[1, D, T]`` codec_init computed for exactly this one clip (``audios`` ``[1, 1, S]``
+    or a list of one ``[1, S]``) on this device type in float32, else None: the same numbers the encoder
+    would give here. A codec without stored frames returns at once (no hashing on that path)."""
     known = getattr(model, LATENTS_ATTR, None)
-    if not known or model.dtype != torch.float32:
+    if not known or model.dtype != torch.float32 or len(audios) != 1:
         return None
-    latents = known.get((model.device.type, audio_digest(audio)))
+    latents = known.get((model.device.type, audio_digest(audios[0])))
     return None if latents is None else latents[None].to(model.device)
 
 
@@ -225,7 +226,7 @@ def encode_batch(model: EncodecModel, audios: np.ndarray | Sequence[np.ndarray],
     if model.config.codebook_size > 2 ** 15:
         raise ValueError(f"codebook_size {model.config.codebook_size} does not fit int16 codes")
     batch = _as_batch(audios, model)
-    stored = _stored_latents(model, batch[0].cpu().numpy()) if batch.shape[0] == 1 else None
+    stored = _stored_latents(model, audios)
     with torch.inference_mode():
         if stored is not None:
             codes = model.quantizer.encode(stored, bandwidth)[None].transpose(1, 2)     # [K, 1, T] -> [1, 1, K, T]

@@ -110,7 +110,6 @@ def render_sample_set(out: Path | str, params: SampleParams, progress: bool = Tr
     specs = [sample_clip_spec(params, index) for index in range(params.n_clips)]
     with atomic_path(out) as temp:
         (temp / "stems").mkdir(parents=True)
-        bar = tqdm(desc=f"v2m synth -> {out}", total=len(specs), unit="clip", disable=not progress)
         with contextlib.ExitStack() as stack:
             if workers > 1 and len(specs) > 1:
                 # fork: the workers need nothing but this module, and start in milliseconds.
@@ -119,11 +118,7 @@ def render_sample_set(out: Path | str, params: SampleParams, progress: bool = Tr
                 rendered = pool.map(render_clip, specs, repeat(temp))
             else:
                 rendered = map(render_clip, specs, repeat(temp))
-            rows = []
-            for row in rendered:
-                rows.append(row)
-                bar.update()
-        bar.close()
+            rows = list(tqdm(rendered, desc=f"v2m synth -> {out}", total=len(specs), unit="clip", disable=not progress))
         table = pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
         table = table.replace_schema_metadata({"v2m.synth.params": json.dumps(as_dict(params))})
         pq.write_table(table, temp / LABELS_FILE)
