@@ -32,7 +32,7 @@ paper's mode. ``--figures`` picks which of video (a + d), oracle (b), motion (c)
 
 Data, built as the stages build it: v2m-synth rendered by ``render_sample_set`` (``--clips``
 clips of ``sample.seconds``, features over the first ``clip.seconds``); CLIP ViT-B/32 tokens from
-a random-weights model (``save_random_clip_model`` with ``features.visual.init_seed``, as ``visual_init``);
+a random-weights model (``save_visual_stand_in``: ``features.visual.init_seed`` and ``init_layers``, as ``visual_init``);
 Farneback flow; EnCodec 32 kHz codes from a random codec whose codebooks are calibrated on the
 set's train-split audio (``save_calibrated_random_codec``, as ``codec_init``). The target audio is
 the CLEAN accompaniment stem the synth writes, resampled to 32 kHz mono: no Demucs here (the
@@ -69,10 +69,11 @@ import transformers
 
 from pipeline import media
 from pipeline.config import as_dict, load_params
+from pipeline.embedded import save_visual_stand_in
 from pipeline.features import codec as codec_lib
 from pipeline.features.extract import ClipInput, codes_table, extract_tables
 from pipeline.features.store import FeatureShard, ShardWriter, tensor_column
-from pipeline.features.visual import load_visual_model, save_random_clip_model
+from pipeline.features.visual import load_visual_model
 from pipeline.files import atomic_path
 from pipeline.split import assign, ids_in
 from pipeline.status import OK, summary
@@ -308,9 +309,9 @@ def main() -> None:
         f"(model.seed = train.seed); "
         f"{torch.get_num_threads()} torch threads; work {work}")
 
-    clip_dir = work / "models" / f"visual-random-{features.visual.init_seed}"
+    clip_dir = work / "models" / f"visual-random-{features.visual.init_seed}-{features.visual.init_layers}"
     if not (clip_dir / "config.json").is_file():
-        save_random_clip_model(clip_dir, seed=features.visual.init_seed)
+        save_visual_stand_in(clip_dir, features.visual)
     set_names = {"synth": False, "synth-motion-only": True}
     needed = ((["synth"] if {"video", "oracle"} & set(wanted) else [])
               + (["synth-motion-only"] if "motion" in wanted else []))

@@ -352,6 +352,8 @@ class VisualFeatureParams:
     device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="auto = CUDA when present")
     dtype: str = param("float32", choices=("float32", "bfloat16", "float16"), doc="compute precision")
     init_seed: int = param(0, lo=0, doc="seed of the embedded default's random CLIP (stage visual_init)")
+    init_layers: int = param(12, lo=1, hi=12, doc="transformer layers of the embedded default's random CLIP "
+                                                  "(ViT-B/32 has 12; fewer = faster random tokens, same shape)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.config import (CodesFeatureParams, SampleParams, SeparateParams, SplitParams,
                              VisualFeatureParams)
+from pipeline.errors import UserError
 from pipeline.files import atomic_path, file_sha256
 
 SKIPPED_FILE = "SKIPPED.txt"
@@ -95,20 +96,38 @@ def init_separator(params: SeparateParams, split: SplitParams, stems: Path = SAM
 
 
 def init_visual(visual: VisualFeatureParams, out: Path = VISUAL_DIR) -> str:
-    """The embedded CLIP (ViT-B/32 architecture, RANDOM weights, seed ``init_seed``) into ``out`` when
-    ``features.visual.model`` names it; skipped when it names another folder or hub id."""
+    """The embedded CLIP (ViT-B/32 architecture with ``init_layers`` layers, RANDOM weights, seed ``init_seed``)
+    into ``out`` when ``features.visual.model`` names it; skipped when it names another folder or hub id.
+
+    Raises:
+        UserError: ``init_layers`` other than ViT-B/32's 12 with the open_clip backend.
+    """
     if not uses_stand_in(visual.model, out):
         return write_skipped(out, f"visual_init: skipped: features.visual.model is {visual.model} (real weights), "
                                   f"not the embedded CLIP's folder {out}")
+    from pipeline.features.visual import VIT_B32
+
+    published = VIT_B32["num_hidden_layers"]
     if visual.backend == "open_clip":
+        if visual.init_layers != published:
+            raise UserError(f"features.visual.init_layers is {visual.init_layers}: the open_clip backend's random "
+                            f"stand-in is open_clip's ViT-B-32 as published ({published} layers); set "
+                            f"init_layers: {published} or use backend: transformers")
         from pipeline.features.open_clip_backend import save_random_open_clip
 
         save_random_open_clip(out, seed=visual.init_seed)
         return f"visual_init: wrote {out} (open_clip ViT-B-32, RANDOM weights)"
+    save_visual_stand_in(out, visual)
+    return (f"visual_init: wrote {out} (CLIP ViT-B/32 architecture with {visual.init_layers} of its "
+            f"{published} layers, RANDOM weights)")
+
+
+def save_visual_stand_in(out: Path, visual: VisualFeatureParams) -> Path:
+    """The embedded default's CLIP (transformers backend): ViT-B/32 with ``init_layers`` layers, RANDOM
+    weights of seed ``init_seed``, saved to ``out``: the one recipe ``visual_init`` and the benchmarks use."""
     from pipeline.features.visual import save_random_clip_model
 
-    save_random_clip_model(out, seed=visual.init_seed)
-    return f"visual_init: wrote {out} (CLIP ViT-B/32 architecture, RANDOM weights)"
+    return save_random_clip_model(out, seed=visual.init_seed, num_hidden_layers=visual.init_layers)
 
 
 def init_codec(codes: CodesFeatureParams, split: SplitParams, separated_root: Path = Path("data/separated"),

@@ -13,7 +13,12 @@ goes through, pipeline/cli.py's ``user_errors``):
    spinning. libgomp reads it once, when torch loads it, so :func:`prepare_environment` sets it
    when ``pipeline`` is imported (pipeline/__init__.py), before any module imports torch;
 2. intra-op threads = the cores this process may use (``os.sched_getaffinity``) minus the cores
-   other programs keep busy (their CPU share over a short sample, rounded), at least 1.
+   other programs keep busy (their CPU share over a short sample, rounded), at least 1;
+3. glibc's allocator keeps freed memory for reuse (:func:`keep_freed_memory`, also at import):
+   by default every block over its mmap threshold (at most 32 MiB: a batch of logits, a flow
+   batch, a Demucs spectrogram) is a fresh ``mmap`` whose pages the kernel faults in and zeroes
+   on first touch, then unmaps on free, every step again. Measured on a 2-core machine: a
+   training step 1.15 -> 0.90 s, system time 0.35 -> 0.00 s per step.
 
 ``V2M_THREADS=N`` fixes the count instead; ``V2M_THREADS=legacy`` keeps torch's own defaults and
 no wait policy (the behaviour before this rule, for before/after benchmarks). An explicit
@@ -73,6 +78,33 @@ def prepare_environment() -> None:
     except ValueError:
         return  # reported by apply(), where a stage can turn it into one clear line
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    keep_freed_memory()
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+# Free memory at the heap's top returned to the system only beyond this much (mallopt takes an int).
+TRIM_THRESHOLD_BYTES = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Serve every allocation from the heap (no per-block ``mmap``) and keep up to
+    :data:`TRIM_THRESHOLD_BYTES` of freed memory for the next one: the repeated large tensors of
+    a training step or a batch loop then reuse warm pages instead of page-faulting fresh ones.
+    The price is a resident size that stays near the process's peak. glibc only (a no-op
+    elsewhere, and under ``legacy``); ``MALLOC_MMAP_MAX_`` or ``MALLOC_TRIM_THRESHOLD_`` in the
+    environment (glibc's own knobs) are respected. True when applied.
+    """
+    if not sys.platform.startswith("linux") or mode() == LEGACY:
+        return False
+    if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    except (OSError, AttributeError):  # musl and other libcs: no mallopt, nothing to change
+        return False
 
 
 def allowed_cores() -> list[int]:
@@ -167,4 +199,4 @@ def applied() -> ThreadPlan | None:
     return _applied
 
 
-__all__ = ["ThreadPlan", "allowed_cores", "applied", "apply", "busy_cores", "mode", "plan", "prepare_environment"]
+__all__ = ["ThreadPlan", "allowed_cores", "applied", "apply", "busy_cores", "keep_freed_memory", "mode", "plan", "prepare_environment"]

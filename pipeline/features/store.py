@@ -15,6 +15,7 @@ slow otherwise); no compression for float tensors, zstd for the sparse uint8 flo
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -125,11 +126,21 @@ def to_numpy(column: pa.ChunkedArray) -> np.ndarray:
 
 
 class FeatureReader:
-    """Several shards of one table as one mapping ``video_id -> columns`` (the shards listed, no glob)."""
+    """Several shards of one table as one mapping ``video_id -> columns`` (the shards listed, no glob).
 
-    def __init__(self, paths: Iterable[Path | str]):
+    ``cache_bytes`` > 0 keeps the most recently read clips' columns (up to that many bytes of
+    arrays, least recently used out first): reading a row group costs tens of milliseconds (a
+    ``[12, 50, 768]`` visual clip ~38 ms on 2 cores), which a training loop that reads the same
+    clips every epoch would otherwise pay per segment. Cached arrays are shared: callers must
+    not modify them (the dataset's reads copy what they slice).
+    """
+
+    def __init__(self, paths: Iterable[Path | str], cache_bytes: int = 0):
         self.shards = [FeatureShard(p) for p in paths]
         self.where = {video_id: shard for shard in self.shards for video_id in shard.ids()}
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._cached_bytes = 0
 
     def ids(self) -> list[str]:
         return list(self.where)
@@ -138,7 +149,21 @@ class FeatureReader:
         return video_id in self.where
 
     def __getitem__(self, video_id: str) -> dict[str, np.ndarray]:
-        return self.where[video_id][video_id]
+        if not self.cache_bytes:
+            return self.where[video_id][video_id]
+        columns = self._cache.get(video_id)
+        if columns is not None:
+            self._cache.move_to_end(video_id)
+            return columns
+        columns = self.where[video_id][video_id]
+        size = sum(a.nbytes for a in columns.values())
+        if size <= self.cache_bytes:
+            while self._cached_bytes + size > self.cache_bytes:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached_bytes -= sum(a.nbytes for a in dropped.values())
+            self._cache[video_id] = columns
+            self._cached_bytes += size
+        return columns
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         for video_id, shard in self.where.items():

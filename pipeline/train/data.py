@@ -34,6 +34,11 @@ from pipeline.features.store import FeatureReader
 
 log = logging.getLogger("v2m.train")
 
+# Clips' columns each table reader of a dataset keeps in memory, per process (FeatureReader's cache):
+# the embedded default's 65 training clips take ~140 MB in all, so every epoch after the first reads
+# no Parquet (0.39 -> ~0.05 s per batch of 8 on 2 cores); a V2M-sized set cycles through it harmlessly.
+READER_CACHE_BYTES = 512 << 20
+
 
 class SegmentDataset(Dataset):
     """Aligned (visual, motion, codes) segments of the listed clips.
@@ -112,7 +117,8 @@ class SegmentDataset(Dataset):
     def readers(self) -> dict[str, FeatureReader]:
         """This process's readers, opened on first use (DataLoader workers open their own)."""
         if self._readers is None or self._pid != os.getpid():
-            self._readers = {table: FeatureReader(paths) for table, paths in self.paths.items()}
+            self._readers = {table: FeatureReader(paths, cache_bytes=READER_CACHE_BYTES)
+                             for table, paths in self.paths.items()}
             self._pid = os.getpid()
         return self._readers
 
