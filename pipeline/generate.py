@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -171,37 +172,55 @@ def check_model_folder(model_dir: Path | str, params: GenerateParams | None = No
     return recipe, config
 
 
-def generate_music(generator: Generator, video: Path | str, params: GenerateParams, *, progress: bool = True,
-                   step_callback: Callable[[int], None] | None = None) -> Music:
-    """Music for ``video``: any size, orientation, pixel shape, frame rate or length, with or without audio.
+@dataclass
+class VideoInput:
+    """What sampling needs from one video: its length and features on the model's frame grids.
 
-    The features see the picture as it is played (upright, square pixels; :func:`media.sample_frames`).
+    Attributes:
+        visual: float32 ``[N_v, 50, 768]``, ``N_v = round(seconds * visual_fps)``.
+        motion: float32 ``[N_m, S, S]`` (``N_m = round(seconds * motion_fps)``) or None without motion.
+    """
 
-    Args:
-        params: sampling (cfg, top_k, temperature, seed), windowing and loudness.
-        step_callback: called with the number of sampled positions after each (for progress displays).
+    video: Path
+    seconds: float
+    visual: torch.Tensor
+    motion: torch.Tensor | None
+    picture: media.Picture
+
+
+def video_input(generator: Generator, video: Path | str) -> VideoInput:
+    """The first phase of :func:`generate_music`: probe and decode ``video``, CLIP tokens and flow maps.
 
     Raises:
         UserError (MediaError): unreadable video, no video stream, shorter than 0.5 s.
     """
     video = Path(video)
     seconds = media.check_video(video).duration
-    model, config = generator.model, generator.model.config
+    config = generator.model.config
     features = generator.recipe.features
-    window_steps, prompt_steps = window_steps_of(params, generator.recipe)
-    total_steps = int(round(seconds * config.codes_rate))
-
     extracted = extract_video(video, visual=features.visual, encoder=generator.clip_model,
                               motion=features.motion if config.use_motion else None)
     visual = _fill(torch.from_numpy(extracted.tokens.astype(np.float32)), round(seconds * config.visual_fps))
     motion = None
     if config.use_motion:
         motion = _fill(torch.from_numpy(extracted.flow), round(seconds * config.motion_fps))
+    return VideoInput(video, seconds, visual, motion, extracted.picture)
 
+
+def sample_codes(generator: Generator, clip: VideoInput, params: GenerateParams, *, progress: bool = True,
+                 step_callback: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """The second phase of :func:`generate_music`: windowed sampling.
+
+    Returns:
+        int64 codes ``[K, T]`` (``T = round(seconds * 50)``) and each window's ``(start, end)`` seconds.
+    """
+    model, config = generator.model, generator.model.config
+    window_steps, prompt_steps = window_steps_of(params, generator.recipe)
+    total_steps = int(round(clip.seconds * config.codes_rate))
     plan = plan_windows(total_steps, window_steps, prompt_steps)
     k = config.num_codebooks
     calls = sum(new + k - 1 for _, _, new in plan)
-    bar = tqdm(total=calls, desc=f"music {video.name}", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=calls, desc=f"music {clip.video.name}", unit="step", disable=not progress, leave=False)
     generator_rng = torch.Generator(device="cpu").manual_seed(params.seed)
     codes = torch.zeros(k, 0, dtype=torch.long)
     windows = []
@@ -215,7 +234,7 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
     try:
         for start, prompt, new in plan:
             end = start + prompt + new
-            window_visual, window_motion = window_frames(visual, motion, start, end, config)
+            window_visual, window_motion = window_frames(clip.visual, clip.motion, start, end, config)
             window_visual = window_visual[None].to(generator.device)
             window_motion = window_motion[None].to(generator.device) if window_motion is not None else None
             with torch.no_grad():
@@ -230,13 +249,37 @@ def generate_music(generator: Generator, video: Path | str, params: GeneratePara
             windows.append((start / config.codes_rate, end / config.codes_rate))
     finally:
         bar.close()
+    return codes.numpy(), windows
 
-    audio = codec_lib.decode(generator.codec, codes.numpy())
-    samples = int(round(seconds * generator.sample_rate))
+
+def render_music(generator: Generator, clip: VideoInput, codes: np.ndarray, windows: list[tuple[float, float]],
+                 params: GenerateParams) -> Music:
+    """The last phase of :func:`generate_music`: decode ``codes``, fit the video's length, normalise loudness."""
+    audio = codec_lib.decode(generator.codec, codes)
+    samples = int(round(clip.seconds * generator.sample_rate))
     audio = np.pad(audio, ((0, 0), (0, max(0, samples - audio.shape[1]))))[:, :samples]
     audio, gain_db = normalize_loudness(audio, generator.sample_rate, params.loudness_lufs, params.peak_dbfs)
-    return Music(audio=audio, sample_rate=generator.sample_rate, codes=codes.numpy(), seconds=seconds,
-                 windows=windows, gain_db=gain_db, picture=extracted.picture)
+    return Music(audio=audio, sample_rate=generator.sample_rate, codes=codes, seconds=clip.seconds,
+                 windows=windows, gain_db=gain_db, picture=clip.picture)
+
+
+def generate_music(generator: Generator, video: Path | str, params: GenerateParams, *, progress: bool = True,
+                   step_callback: Callable[[int], None] | None = None) -> Music:
+    """Music for ``video``: any size, orientation, pixel shape, frame rate or length, with or without audio.
+
+    The features see the picture as it is played (upright, square pixels; :func:`media.sample_frames`).
+    Three phases: :func:`video_input`, :func:`sample_codes`, :func:`render_music`.
+
+    Args:
+        params: sampling (cfg, top_k, temperature, seed), windowing and loudness.
+        step_callback: called with the number of sampled positions after each (for progress displays).
+
+    Raises:
+        UserError (MediaError): unreadable video, no video stream, shorter than 0.5 s.
+    """
+    clip = video_input(generator, video)
+    codes, windows = sample_codes(generator, clip, params, progress=progress, step_callback=step_callback)
+    return render_music(generator, clip, codes, windows, params)
 
 
 def window_frames(visual: torch.Tensor, motion: torch.Tensor | None, start: int, end: int, config: V2MConfig
@@ -277,16 +320,29 @@ def score_video(generator: Generator, video: Path | str, out: Path | str, params
     Args:
         plan: the trial's result when the caller already made it (``v2m generate`` does, before loading models).
     """
+    plan, clip = prepare_video(generator, video, out, wav=wav, keep_audio=keep_audio, plan=plan)
+    codes, windows = sample_codes(generator, clip, params, progress=progress)
+    return write_music(generator, plan, clip, codes, windows, params, out, wav=wav, keep_audio=keep_audio)
+
+
+def prepare_video(generator: Generator, video: Path | str, out: Path | str, *, wav: Path | str | None = None,
+                  keep_audio: bool = False, plan: media.MuxPlan | None = None) -> tuple[media.MuxPlan, VideoInput]:
+    """:func:`score_video`'s checks (outputs writable, a trial mux) and then :func:`video_input`."""
     media.check_output(video, out, wav)
     plan = plan or media.plan_mux(video, keep_audio=keep_audio, info=media.check_video(video))
-    music = generate_music(generator, video, params, progress=progress)
+    return plan, video_input(generator, video)
+
+
+def write_music(generator: Generator, plan: media.MuxPlan, clip: VideoInput, codes: np.ndarray,
+                windows: list[tuple[float, float]], params: GenerateParams, out: Path | str, *,
+                wav: Path | str | None = None, keep_audio: bool = False) -> Music:
+    """:func:`render_music`, then ``wav`` (if given) and the muxed ``out``, each atomically."""
+    music = render_music(generator, clip, codes, windows, params)
     if wav is not None:
         media.write_wav(wav, music.audio, music.sample_rate)
-    media.mux_music(video, music.audio, music.sample_rate, out, duration=music.seconds, keep_audio=keep_audio,
+    media.mux_music(clip.video, music.audio, music.sample_rate, out, duration=music.seconds, keep_audio=keep_audio,
                     plan=plan)
     return music
-
-
 
 
 GENERATED_STATUS = status_schema(pa.field("shard", pa.string()), pa.field("seconds", pa.float64()),
@@ -305,26 +361,61 @@ def generate_set(generator: Generator, clips: list[tuple[str, Path]], out_dir: P
                  *, progress: bool = True) -> list[dict]:
     """Music for each clip: ``out_dir/<id>.wav`` and ``<id>.mp4`` (muxed) + status.parquet, atomically.
 
-    A clip that fails gets a status row with the reason and the set goes on.
+    A clip that fails gets a status row with the reason and the set goes on. The same music as
+    :func:`score_video` clip by clip, in a pipeline: while the main thread samples clip ``i``, one
+    side thread renders and muxes clip ``i - 1`` and extracts clip ``i + 1``'s features. Sampling a
+    tiny decoder is one thread of Python-bound steps (``SMALL_DECODER_WIDTH``), so on 2 cores the
+    other core did nothing; ``compute_seconds`` is the time of the clip's own three phases.
     """
-    rows = []
-    with atomic_path(out_dir) as temp:
+    def prepare(clip: Path) -> tuple[media.MuxPlan, VideoInput, float]:
+        started = time.perf_counter()
+        plan, features = prepare_video(generator, clip, temp / f"{clip.stem}.mp4", wav=temp / f"{clip.stem}.wav")
+        return plan, features, time.perf_counter() - started
+
+    def finish(plan: media.MuxPlan, clip: VideoInput, codes: np.ndarray, windows: list[tuple[float, float]]
+               ) -> tuple[Music, float]:
+        started = time.perf_counter()
+        music = write_music(generator, plan, clip, codes, windows, params, temp / f"{clip.video.stem}.mp4",
+                            wav=temp / f"{clip.video.stem}.wav")
+        return music, time.perf_counter() - started
+
+    def failed(video_id: str, shard: str, error: UserError, seconds: float) -> dict:
+        log.warning("%s: %s", video_id, error)
+        return {**failed_row(video_id, type(error).__name__, str(error), shard=shard), "compute_seconds": seconds}
+
+    results: list[dict | tuple[str, str, float, Future]] = []
+    with atomic_path(out_dir) as temp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate-side") as side:
         temp.mkdir(parents=True)
-        for shard, clip in tqdm(clips, desc="generate", unit="clip", disable=not progress):
-            video_id = clip.stem
-            started = time.perf_counter()
+        prepared = side.submit(prepare, clips[0][1]) if clips else None
+        for i, (shard, clip) in enumerate(tqdm(clips, desc="generate", unit="clip", disable=not progress)):
+            current, prepared = prepared, side.submit(prepare, clips[i + 1][1]) if i + 1 < len(clips) else None
             try:
-                music = score_video(generator, clip, temp / f"{video_id}.mp4", params, wav=temp / f"{video_id}.wav",
-                                    progress=False)
-                row = ok_row(video_id, shard=shard, seconds=music.seconds, windows=len(music.windows),
-                             gain_db=music.gain_db, **picture_columns(music.picture))
+                plan, features, prepare_seconds = current.result()
             except UserError as error:
-                row = failed_row(video_id, type(error).__name__, str(error), shard=shard)
-                log.warning("%s: %s", video_id, error)
-            row["compute_seconds"] = time.perf_counter() - started
-            rows.append(row)
+                results.append(failed(clip.stem, shard, error, 0.0))
+                continue
+            started = time.perf_counter()
+            codes, windows = sample_codes(generator, features, params, progress=False)
+            sampling_seconds = prepare_seconds + time.perf_counter() - started
+            results.append((clip.stem, shard, sampling_seconds, side.submit(finish, plan, features, codes, windows)))
+        rows = []
+        for result in results:
+            if isinstance(result, dict):
+                rows.append(result)
+                continue
+            video_id, shard, seconds, finishing = result
+            try:
+                music, finish_seconds = finishing.result()
+            except UserError as error:
+                rows.append(failed(video_id, shard, error, seconds))
+                continue
+            rows.append({**ok_row(video_id, shard=shard, seconds=music.seconds, windows=len(music.windows),
+                                  gain_db=music.gain_db, **picture_columns(music.picture)),
+                         "compute_seconds": seconds + finish_seconds})
         write_status(temp / STATUS_FILE, rows, GENERATED_STATUS)
     return rows
 
 
-__all__ = ["Generator", "Music", "check_model_folder", "generate_music", "generate_set", "plan_windows", "score_video", "split_clips"]
+__all__ = ["Generator", "Music", "VideoInput", "check_model_folder", "generate_music", "generate_set", "plan_windows",
+           "prepare_video", "render_music", "sample_codes", "score_video", "split_clips", "video_input",
+           "write_music"]

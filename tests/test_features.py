@@ -122,6 +122,29 @@ def test_reader_spans_listed_shards_only(tmp_path):
     assert reader["ccccccccccc"]["codes"].shape == (5, 4)
 
 
+def test_reader_cache_keeps_recent_clips_within_its_budget(tmp_path, monkeypatch):
+    ids = [f"clip{i:07d}" for i in range(4)]
+    with ShardWriter(tmp_path / "s0000.parquet", "codes",
+                     [pa.field("codes", pa.fixed_shape_tensor(pa.int16(), [4]))], {}) as writer:
+        for n, video_id in enumerate(ids):
+            writer.write_clip(video_id, {"codes": tensor_column(np.full((100, 4), n, np.int16))})
+    reads = []
+    original = FeatureShard.__getitem__
+    monkeypatch.setattr(FeatureShard, "__getitem__", lambda self, v: reads.append(v) or original(self, v))
+    clip_bytes = 100 * 4 * 2                    # one clip: codes int16 [100, 4]
+    reader = FeatureReader([tmp_path / "s0000.parquet"], cache_bytes=2 * clip_bytes)
+    first = reader[ids[0]]
+    assert reader[ids[0]] is first and reads == [ids[0]]                 # served from memory
+    reader[ids[1]], reader[ids[0]], reader[ids[2]]                         # ids[1] is now the oldest
+    assert reads == ids[:3]
+    assert np.array_equal(reader[ids[0]]["codes"], np.zeros((100, 4))) and reads == ids[:3]
+    reader[ids[1]]                                                         # was dropped: read again
+    assert reads == [*ids[:3], ids[1]]
+    uncached = FeatureReader([tmp_path / "s0000.parquet"])
+    uncached[ids[3]], uncached[ids[3]]
+    assert reads[-2:] == [ids[3], ids[3]]
+
+
 def test_killed_writer_leaves_no_file(tmp_path):
     path = tmp_path / "s0000.parquet"
     with pytest.raises(RuntimeError):

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import REPO
 from pipeline import threads, timing
 from pipeline.report import build_report
@@ -106,3 +108,36 @@ def test_the_report_shows_the_timing_table(tmp_path):
     assert '<table id="timings">' in page and 'data-stage="codes@s0000"' in page and 'data-stage="train"' in page
     assert "total of the ok rows 96.0 s" in page
     assert "total (ok)" in timing.format_table(read) and "96.0" in timing.format_table(read)
+
+
+FREED_MEMORY_SCRIPT = """
+import numpy as np
+import pipeline  # the policy is set on import
+def resident_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+block = np.ones(256 * 2**20 // 8)   # 256 MiB, far over glibc's largest mmap threshold (32 MiB)
+del block
+print(round(resident_mib()))
+"""
+
+
+def resident_after_free(**env) -> int:
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    for key in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+        if key not in env:
+            environment.pop(key, None)
+    done = subprocess.run([sys.executable, "-c", FREED_MEMORY_SCRIPT], capture_output=True, text=True,
+                          env=environment, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator policy")
+def test_freed_memory_is_kept_for_reuse_unless_legacy_or_glibc_knobs_are_set():
+    # With the policy a freed 256 MiB block stays in the heap for the next tensor; glibc's default
+    # (what legacy and a user's own MALLOC_ knobs keep) unmaps it, and the next one faults in afresh.
+    kept = resident_after_free()
+    assert kept > 256, kept
+    assert resident_after_free(V2M_THREADS="legacy") < kept - 200
+    assert resident_after_free(MALLOC_MMAP_MAX_="65536") < kept - 200

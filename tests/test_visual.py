@@ -165,3 +165,23 @@ def test_real_vit_b32_architecture():
     assert sum(p.numel() for p in model.parameters()) == 87_849_216 - 768 * 512
     tokens = encode_frames(model, preprocess(frames(2, 360, 640)), batch_size=2)
     assert tokens.shape == (2, 50, 768) and tokens.dtype == np.float16 and np.isfinite(tokens).all()
+
+
+def test_visual_init_writes_the_stand_in_at_init_layers_depth_and_open_clip_refuses_another_depth(tmp_path):
+    from pipeline.config import VisualFeatureParams
+    from pipeline.embedded import init_visual
+
+    out = tmp_path / "visual-random"
+    params = VisualFeatureParams(model=str(out), init_layers=2, init_seed=3, device="cpu")
+    assert "with 2 of its 12 layers" in init_visual(params, out=out)
+    model = load_clip_model(out, device="cpu")
+    assert model.config.num_hidden_layers == 2
+    assert {k: getattr(model.config, k) for k in ("hidden_size", "patch_size", "image_size")} == \
+        {k: VIT_B32[k] for k in ("hidden_size", "patch_size", "image_size")}   # ViT-B/32's tokens, [50, 768]
+    reference = random_clip_model(3, num_hidden_layers=2)                          # seeded: the same weights
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+    refused = tmp_path / "open-clip-random"
+    with pytest.raises(UserError, match="features.visual.init_layers is 4.*12 layers"):
+        init_visual(VisualFeatureParams(backend="open_clip", model=str(refused), init_layers=4), out=refused)
+    assert not refused.exists()
