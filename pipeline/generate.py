@@ -367,51 +367,47 @@ def generate_set(generator: Generator, clips: list[tuple[str, Path]], out_dir: P
     tiny decoder is one thread of Python-bound steps (``SMALL_DECODER_WIDTH``), so on 2 cores the
     other core did nothing; ``compute_seconds`` is the time of the clip's own three phases.
     """
-    def prepare(clip: Path) -> tuple[media.MuxPlan, VideoInput, float]:
+    def timed(work: Callable, *args) -> tuple[object, UserError | None, float]:
+        """``(work(*args), None, seconds)``, or ``(None, the UserError it raised, seconds)``."""
         started = time.perf_counter()
-        plan, features = prepare_video(generator, clip, temp / f"{clip.stem}.mp4", wav=temp / f"{clip.stem}.wav")
-        return plan, features, time.perf_counter() - started
+        try:
+            return work(*args), None, time.perf_counter() - started
+        except UserError as error:
+            return None, error, time.perf_counter() - started
 
-    def finish(plan: media.MuxPlan, clip: VideoInput, codes: np.ndarray, windows: list[tuple[float, float]]
-               ) -> tuple[Music, float]:
-        started = time.perf_counter()
-        music = write_music(generator, plan, clip, codes, windows, params, temp / f"{clip.video.stem}.mp4",
-                            wav=temp / f"{clip.video.stem}.wav")
-        return music, time.perf_counter() - started
+    def prepare(clip: Path) -> tuple[media.MuxPlan, VideoInput]:
+        return prepare_video(generator, clip, temp / f"{clip.stem}.mp4", wav=temp / f"{clip.stem}.wav")
 
-    def failed(video_id: str, shard: str, error: UserError, seconds: float) -> dict:
-        log.warning("%s: %s", video_id, error)
-        return {**failed_row(video_id, type(error).__name__, str(error), shard=shard), "compute_seconds": seconds}
+    def finish(plan: media.MuxPlan, clip: VideoInput, codes: np.ndarray, windows: list[tuple[float, float]]) -> Music:
+        return write_music(generator, plan, clip, codes, windows, params, temp / f"{clip.video.stem}.mp4",
+                           wav=temp / f"{clip.video.stem}.wav")
 
-    results: list[dict | tuple[str, str, float, Future]] = []
+    # per clip: (id, shard, seconds so far, the finishing Future, or the UserError that stopped it)
+    results: list[tuple[str, str, float, Future | UserError]] = []
     with atomic_path(out_dir) as temp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate-side") as side:
         temp.mkdir(parents=True)
-        prepared = side.submit(prepare, clips[0][1]) if clips else None
+        prepared = side.submit(timed, prepare, clips[0][1]) if clips else None
         for i, (shard, clip) in enumerate(tqdm(clips, desc="generate", unit="clip", disable=not progress)):
-            current, prepared = prepared, side.submit(prepare, clips[i + 1][1]) if i + 1 < len(clips) else None
-            try:
-                plan, features, prepare_seconds = current.result()
-            except UserError as error:
-                results.append(failed(clip.stem, shard, error, 0.0))
+            current, prepared = prepared, side.submit(timed, prepare, clips[i + 1][1]) if i + 1 < len(clips) else None
+            ready, error, seconds = current.result()
+            if error is not None:
+                results.append((clip.stem, shard, seconds, error))
                 continue
+            plan, features = ready
             started = time.perf_counter()
             codes, windows = sample_codes(generator, features, params, progress=False)
-            sampling_seconds = prepare_seconds + time.perf_counter() - started
-            results.append((clip.stem, shard, sampling_seconds, side.submit(finish, plan, features, codes, windows)))
+            seconds += time.perf_counter() - started
+            results.append((clip.stem, shard, seconds, side.submit(timed, finish, plan, features, codes, windows)))
         rows = []
-        for result in results:
-            if isinstance(result, dict):
-                rows.append(result)
-                continue
-            video_id, shard, seconds, finishing = result
-            try:
-                music, finish_seconds = finishing.result()
-            except UserError as error:
-                rows.append(failed(video_id, shard, error, seconds))
-                continue
-            rows.append({**ok_row(video_id, shard=shard, seconds=music.seconds, windows=len(music.windows),
-                                  gain_db=music.gain_db, **picture_columns(music.picture)),
-                         "compute_seconds": seconds + finish_seconds})
+        for video_id, shard, seconds, outcome in results:
+            music, error, finish_seconds = outcome.result() if isinstance(outcome, Future) else (None, outcome, 0.0)
+            if error is not None:
+                log.warning("%s: %s", video_id, error)
+                row = failed_row(video_id, type(error).__name__, str(error), shard=shard)
+            else:
+                row = ok_row(video_id, shard=shard, seconds=music.seconds, windows=len(music.windows),
+                             gain_db=music.gain_db, **picture_columns(music.picture))
+            rows.append({**row, "compute_seconds": seconds + finish_seconds})
         write_status(temp / STATUS_FILE, rows, GENERATED_STATUS)
     return rows
 

@@ -177,6 +177,17 @@ def test_the_generate_and_feature_stages_status_rows_say_what_was_undone(inputs,
     assert [(r["rotation"], r["sar"]) for r in read_status(tmp_path / "flow.status.parquet")] == [(0, "4:3")]
 
 
+def test_generate_set_gives_a_broken_clip_its_row_between_finished_ones(inputs, generator, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8)    # an mp4 header, then junk
+    clips = [("s0000", inputs["anamorphic.mp4"]), ("s0000", broken), ("s0000", inputs["hevc_rot90.mp4"])]
+    rows = generate_set(generator, clips, tmp_path / "generated", GenerateParams(seed=1), progress=False)
+    assert [(r["video_id"], r["status"]) for r in rows] == [("anamorphic", "ok"), ("broken", "failed"),
+                                                            ("hevc_rot90", "ok")]      # in order, the set went on
+    assert "broken.mp4" in rows[1]["error_message"] and rows[1]["compute_seconds"] > 0
+    assert sorted(p.name for p in (tmp_path / "generated").glob("*.wav")) == ["anamorphic.wav", "hevc_rot90.wav"]
+
+
 def test_anamorphic_pixels_are_made_square_before_the_features(inputs):
     frames = media.sample_frames(inputs["anamorphic.mp4"], rgb_fps=2, gray_fps=4)
     assert frames.rgb.shape[1:] == (576, 960, 3) and frames.gray.shape[1:] == (576, 960)

@@ -139,7 +139,7 @@ class FeatureReader:
         self.shards = [FeatureShard(p) for p in paths]
         self.where = {video_id: shard for shard in self.shards for video_id in shard.ids()}
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[dict[str, np.ndarray], int]] = OrderedDict()   # columns, bytes
         self._cached_bytes = 0
 
     def ids(self) -> list[str]:
@@ -151,17 +151,15 @@ class FeatureReader:
     def __getitem__(self, video_id: str) -> dict[str, np.ndarray]:
         if not self.cache_bytes:
             return self.where[video_id][video_id]
-        columns = self._cache.get(video_id)
-        if columns is not None:
+        if video_id in self._cache:
             self._cache.move_to_end(video_id)
-            return columns
+            return self._cache[video_id][0]
         columns = self.where[video_id][video_id]
         size = sum(a.nbytes for a in columns.values())
         if size <= self.cache_bytes:
             while self._cached_bytes + size > self.cache_bytes:
-                _, dropped = self._cache.popitem(last=False)
-                self._cached_bytes -= sum(a.nbytes for a in dropped.values())
-            self._cache[video_id] = columns
+                self._cached_bytes -= self._cache.popitem(last=False)[1][1]
+            self._cache[video_id] = (columns, size)
             self._cached_bytes += size
         return columns
 

@@ -36,7 +36,7 @@ log = logging.getLogger("v2m.train")
 
 # Clips' columns each table reader of a dataset keeps in memory, per process (FeatureReader's cache):
 # the embedded default's 65 training clips take ~140 MB in all, so every epoch after the first reads
-# no Parquet (0.39 -> ~0.05 s per batch of 8 on 2 cores); a V2M-sized set cycles through it harmlessly.
+# no Parquet (0.39 -> 0.03 s per batch of 8 on 2 cores); a V2M-sized set cycles through it harmlessly.
 READER_CACHE_BYTES = 512 << 20
 
 
