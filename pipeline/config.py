@@ -99,15 +99,33 @@ def load_params(path: Path | str = DEFAULT_PARAMS_FILE,
     registry = known_sections()
     raw = read_yaml(path)
     wanted = list(raw) if sections is None else list(sections)
-    for name in raw:
+    for name in [*raw, *wanted]:
         if name not in registry:
             raise ParamsError(_unknown(str(path), name, registry))
-    loaded = {}
-    for name in wanted:
-        if name not in registry:
-            raise ParamsError(_unknown(str(path), name, registry))
-        loaded[name] = build(registry[name], raw.get(name) or {}, prefix=name, source=str(path))
-    return loaded
+    # Every section is checked, not only the wanted ones: a typo or a mismatch that would stop
+    # the train stage is reported by the first stage, before the expensive ones run.
+    every = {name: build(cls, raw.get(name) or {}, prefix=name, source=str(path)) for name, cls in registry.items()}
+    check_across_sections(every, source=str(path))
+    return {name: every[name] for name in wanted}
+
+
+def check_across_sections(loaded: Mapping[str, Any], source: str = "params") -> None:
+    """Checks that tie keys of different sections together (``loaded``: every section)."""
+    features, model = loaded.get("features"), loaded.get("model")
+    if features is not None and model is not None and model.use_motion:
+        patch = motion_patch(model)
+        size = features.motion.size
+        if size % patch:
+            preset = MODEL_PRESETS[model.size]["motion_patch"]
+            # the patch that keeps the preset's grid at 224 px (7 x 7) is the closest analogue
+            divisors = sorted((p for p in range(4, size // 2 + 1) if size % p == 0),
+                              key=lambda p: abs(p - size * preset / 224))
+            hint = (f"; set model.motion_patch to a divisor of {size}, e.g. {divisors[0]} "
+                    f"({size // divisors[0]}x{size // divisors[0]} patches)") if divisors else ""
+            where = "model.motion_patch" if model.motion_patch else f"the {model.size} preset's; model.motion_patch: 0"
+            raise ParamsError(f"{source}: features.motion.size {size} is not a multiple of the motion encoder's "
+                              f"patch side {patch} px ({where}): "
+                              f"the patch embedding would drop the border{hint}")
 
 
 def build(cls: type, values: Any, *, prefix: str, source: str = "params") -> Any:
@@ -449,12 +467,28 @@ class SplitParams:
     salt: str = param("v2m", doc="changes every assignment when changed")
 
 
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        visual_dim=128, visual_layers=1, visual_heads=4,
+        motion_dim=128, motion_layers=1, motion_heads=4, motion_patch=32, fusion_heads=4,
+        decoder_dim=128, decoder_layers=3, decoder_heads=4, decoder_ffn=512,
+    ),
+    "small": dict(
+        visual_dim=768, visual_layers=2, visual_heads=12,
+        motion_dim=768, motion_layers=2, motion_heads=12, motion_patch=32, fusion_heads=12,
+        decoder_dim=1024, decoder_layers=24, decoder_heads=16, decoder_ffn=4096,
+    ),
+}
+"""The sizes of ``model.size``'s presets, as :class:`pipeline.model.v2m.V2MConfig` keywords (the
+builder applies them; they live here so params checks need no torch)."""
+
+
 @section("model")
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
     """The video-to-music model (paper section 3); sizes come from a preset (see pipeline/model/builder.py)."""
 
-    size: str = param("tiny", choices=("tiny", "small"), doc="tiny: CPU-sized; small: musicgen-small decoder")
+    size: str = param("tiny", choices=tuple(MODEL_PRESETS), doc="tiny: CPU-sized; small: musicgen-small decoder")
     use_motion: bool = param(True, doc="false = the paper's w/o-motion ablation (visual branch only)")
     tokens_per_frame: int = param(2, lo=1, hi=16, doc="P: conditioning tokens per visual frame")
     condition_dropout: float = param(0.1, lo=0.0, hi=1.0, doc="share of training segments with the video hidden (CFG)")
@@ -465,6 +499,9 @@ class ModelParams:
     aligned_motion_energy: bool = param(False, doc="with aligned_condition and motion: also tell the decoder "
                                         "how much moves in each flow map (fixed statistics, relative to the "
                                         "segment) on the code frames around its instant")
+    motion_patch: int = param(0, lo=0, hi=1024, doc="the motion encoder's patch side in pixels; 0 = the "
+                              "preset's (32: 7 x 7 patches of a 224 px flow map); features.motion.size must be a "
+                              "multiple (e.g. 16 for a 112 px flow)")
     pretrained_decoder: str = param("", doc="facebook/musicgen-small folder to load the decoder from; empty = random")
     train_decoder: bool = param(True, doc="false freezes the MusicGen decoder (the codec and CLIP are always frozen)")
     seed: int = param(0, lo=0, doc="seed of the initial weights")
@@ -552,3 +589,8 @@ class EvaluateParams:
     device: str = param("auto", choices=("auto", "cpu", "cuda"), doc="where VGGish and PaSST run")
     plot_clips: int = param(3, lo=0, hi=100, doc="clips shown in the chroma/spectrogram comparison plots")
     report_clips: int = param(6, lo=0, hi=1000, doc="clips whose videos the HTML report embeds")
+
+
+def motion_patch(model: ModelParams) -> int:
+    """The motion encoder's patch side in pixels: ``model.motion_patch``, or the preset's when 0."""
+    return model.motion_patch or MODEL_PRESETS[model.size]["motion_patch"]

@@ -2,6 +2,7 @@
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 from pipeline.errors import user_errors
@@ -16,9 +17,12 @@ def main(shard: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     with user_errors(f"stage separate@{shard}"):
         params = load_params(sections=SECTIONS)
+        start = time.perf_counter()
         rows = separate_shard(Path("data/clips") / shard, Path("data/separated") / shard, params["separate"],
                               target_rate=params["clip"].target_rate, compute=params["compute"])
-        print(f"separate {shard}: {summary(rows)}")
+        audio_seconds = sum(row.get("seconds") or 0.0 for row in rows)
+        print(f"separate {shard}: {summary(rows)}; {audio_seconds:.0f} s of audio at "
+              f"{audio_seconds / (time.perf_counter() - start):.1f}x real time (model load included)")
 
 
 if __name__ == "__main__":

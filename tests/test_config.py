@@ -84,6 +84,28 @@ def test_loading_only_declared_sections_ignores_others(tmp_path):
     assert set(load_params(path, ["sample"])) == {"sample"}
 
 
+def test_a_later_stage_typo_stops_the_first_stage(tmp_path):
+    # the sample stage loads only `sample`, yet a typo in `train` is reported before any work
+    path = write(tmp_path, {"sample": {"n_clips": 2}, "train": {"max_step": 10}})
+    with pytest.raises(ParamsError, match="'train.max_step'.*did you mean 'train.max_steps'"):
+        load_params(path, ["sample"])
+
+
+def test_flow_size_that_the_motion_patch_does_not_divide_is_refused_at_load(tmp_path):
+    path = write(tmp_path, {"features": {"motion": {"size": 112}}})
+    with pytest.raises(ParamsError) as err:
+        load_params(path, ["sample"])  # the first stage: before any flow is computed
+    message = str(err.value)
+    assert "features.motion.size 112" in message and "patch side 32 px" in message
+    assert "model.motion_patch" in message and "e.g. 16 (7x7 patches)" in message
+    fixed = write(tmp_path, {"features": {"motion": {"size": 112}}, "model": {"motion_patch": 16}})
+    assert load_params(fixed, ["model"])["model"].motion_patch == 16
+    ablation = write(tmp_path, {"features": {"motion": {"size": 112}}, "model": {"use_motion": False}})
+    assert load_params(ablation, ["model"])["model"].use_motion is False  # no motion encoder, no patch
+    with pytest.raises(ParamsError, match=r"features.motion.size 224 .* patch side 48 px \(model.motion_patch\)"):
+        load_params(write(tmp_path, {"model": {"motion_patch": 48}}), ["model"])
+
+
 def test_params_check_command_ok_and_error(tmp_path, capsys):
     good = write(tmp_path, {"sample": {"n_clips": 2}})
     cli.main(["params", "check", good])

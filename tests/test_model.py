@@ -217,6 +217,16 @@ def test_build_model_is_seeded_and_leaves_the_global_rng():
         build_model(ModelParams(size="tiny"), rates(100))
 
 
+def test_model_motion_patch_overrides_the_presets_patch():
+    # a 112 px flow with 16 px patches keeps the preset's 7 x 7 grid at 224 / 32
+    cheap = build_model(ModelParams(size="tiny", motion_patch=16), rates(112))
+    full = build_model(ModelParams(size="tiny"), rates(224))
+    assert (cheap.config.motion_patch, full.config.motion_patch) == (16, 32)
+    assert cheap.motion_encoder.patch_embed.kernel_size == (16, 16)
+    assert cheap.motion_encoder.grid == full.motion_encoder.grid == 7
+    assert cheap.motion_encoder(torch.rand(1, 3, 112, 112)).shape == (1, 3, cheap.config.motion_dim)
+
+
 # ------------------------------------------------------------------------------------------ files
 
 def test_save_and_load_round_trip(model, tmp_path):

@@ -1,12 +1,16 @@
 """From params.yaml's ``model`` section to a model: the only place that reads :class:`ModelParams`.
 
-Sizes come from a preset (``model.size``):
+Sizes come from a preset (``model.size``; the table is :data:`pipeline.config.MODEL_PRESETS`, so
+params checks need no torch):
 
 - ``tiny``: CPU-sized. Decoder 3 layers x 128 wide, 4 heads, FFN 512; encoders 128 wide, 1 layer,
   4 heads; motion patches of 32 pixels (7 x 7 at 224).
 - ``small``: the paper's Model-S. Decoder = facebook/musicgen-small's (24 layers x 1024, 16 heads,
   FFN 4096), so ``model.pretrained_decoder`` can load it; encoders 768 wide (CLIP's width), 2 layers,
   12 heads; motion patches of 32 pixels.
+
+``model.motion_patch`` overrides the preset's patch side (a cheaper 112 px flow keeps 7 x 7
+patches with 16).
 """
 
 from __future__ import annotations
@@ -16,24 +20,10 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ModelParams
+from pipeline.config import MODEL_PRESETS, ModelParams, motion_patch
 from pipeline.errors import UserError
 from pipeline.features.recipe import StreamRates
 from pipeline.model.v2m import V2MConfig, V2MModel, load_pretrained_decoder
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        visual_dim=128, visual_layers=1, visual_heads=4,
-        motion_dim=128, motion_layers=1, motion_heads=4, motion_patch=32, fusion_heads=4,
-        decoder_dim=128, decoder_layers=3, decoder_heads=4, decoder_ffn=512,
-    ),
-    "small": dict(
-        visual_dim=768, visual_layers=2, visual_heads=12,
-        motion_dim=768, motion_layers=2, motion_heads=12, motion_patch=32, fusion_heads=12,
-        decoder_dim=1024, decoder_layers=24, decoder_heads=16, decoder_ffn=4096,
-    ),
-}
-
 
 def preset_config(size: str, **overrides: Any) -> V2MConfig:
     """The :class:`V2MConfig` of preset ``size`` (``tiny`` or ``small``), with ``overrides`` applied.
@@ -41,13 +31,13 @@ def preset_config(size: str, **overrides: Any) -> V2MConfig:
     Raises:
         ValueError: unknown preset or unknown config key.
     """
-    if size not in PRESETS:
-        raise ValueError(f"unknown model size {size!r}; presets: {', '.join(PRESETS)}")
+    if size not in MODEL_PRESETS:
+        raise ValueError(f"unknown model size {size!r}; presets: {', '.join(MODEL_PRESETS)}")
     known = {f.name for f in dataclasses.fields(V2MConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown V2MConfig keys {unknown}; known: {sorted(known)}")
-    return V2MConfig(**{**PRESETS[size], **overrides})
+    return V2MConfig(**{**MODEL_PRESETS[size], **overrides})
 
 
 def tiny_config(**overrides: Any) -> V2MConfig:
@@ -63,7 +53,7 @@ def model_config(params: ModelParams, rates: StreamRates) -> V2MConfig:
                              condition_dropout=params.condition_dropout, aligned_condition=params.aligned_condition,
                              aligned_motion_rank=params.aligned_motion_rank,
                              aligned_motion_energy=params.aligned_motion_energy,
-                             motion_size=rates.motion_size,
+                             motion_size=rates.motion_size, motion_patch=motion_patch(params),
                              visual_fps=float(rates.visual_fps), motion_fps=float(rates.motion_fps),
                              codes_rate=float(rates.code_rate))
     except ValueError as exc:
