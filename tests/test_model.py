@@ -17,7 +17,7 @@ from pipeline.features import codec
 from pipeline.model import (PARTS, CrossAttentionFusion, MotionEncoder, V2MConfig, V2MModel, VisualEncoder,
                             apply_delay, build_model, codebook_cross_entropy, generate, generate_codes,
                             load_pretrained_decoder, preset_config, sample_top_k, tiny_config, undo_delay)
-from pipeline.model.encoders import (MOTION_ENERGY_GAIN, ONSET_SLOTS, AlignedCondition, code_grid, motion_energy,
+from pipeline.model.encoders import (MOTION_ENERGY_GAIN, ByteMaskDropout, ONSET_SLOTS, AlignedCondition, code_grid, motion_energy,
                                      onset_slots, temporal_code)
 from pipeline.model.sampling import guide
 
@@ -215,6 +215,24 @@ def test_build_model_is_seeded_and_leaves_the_global_rng():
     assert a.config.motion_size == SIZE and a.config.tokens_per_frame == 2
     with pytest.raises(UserError, match="not a multiple of motion_patch"):
         build_model(ModelParams(size="tiny"), rates(100))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_byte_mask_dropout_drops_its_share_and_keeps_the_expectation(p):
+    dropout = ByteMaskDropout(p).train()
+    x = torch.ones(2_000_000, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x)
+    dropped = float((y == 0).float().mean())
+    # every byte is uniform: 7 bits of the high byte would drop 1/16 more at p = 0.5
+    assert dropped == pytest.approx(round(p * 256) / 256, abs=0.002)
+    assert float(y.mean()) == pytest.approx(1.0, abs=0.005)
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)                    # the gradient goes through the kept ones only
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)                          # seeded like any torch dropout
+    assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(ByteMaskDropout(0.001).train()(x), x)   # rounds to no drop
 
 
 def test_model_motion_patch_overrides_the_presets_patch():

@@ -13,8 +13,10 @@ say whether it has one, so this is our choice.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # The temporal code counts time in quarter seconds (the motion rate): its fastest sinusoid turns
@@ -47,12 +49,52 @@ def temporal_code(n: int, fps: float, dim: int, *, device: torch.device | str | 
     return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1).to(dtype)
 
 
+class ByteMaskDropout(nn.Module):
+    """Dropout whose CPU mask is drawn as random bytes: the same job as ``nn.Dropout`` at a quarter of its cost.
+
+    torch's CPU ``bernoulli_`` draws one generator value per element (measured: 48 ms for a
+    ``[128, 49, 512]`` activation on 2 cores, a quarter of a tiny training step, most of it in the
+    encoders' feed-forward layers); one 64-bit draw gives 7 uniform bytes here (12 ms). The drop
+    probability is therefore ``round(p * 256) / 256`` (0.1 -> 0.1016) and kept values are scaled by
+    its inverse, so the expectation is unchanged. Masks come from torch's global generator (seeded
+    and checkpointed as usual). On other devices, and in eval mode, it is ``F.dropout``.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+        self.threshold = round(p * 256)   # a byte below it drops its element
+
+    def extra_repr(self) -> str:
+        return f"p={self.p} (drops {self.threshold}/256)"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Any shape -> the same shape."""
+        if not self.training or self.threshold == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        # int64 random_() is uniform on [0, 2**63): its most significant byte has only 7 random bits.
+        words = torch.empty(-(-n // 7), dtype=torch.int64).random_()
+        uniform = slice(0, 7) if sys.byteorder == "little" else slice(1, 8)
+        random_bytes = words.view(torch.uint8).view(-1, 8)[:, uniform].reshape(-1)[:n].view(x.shape)
+        return torch.where(random_bytes >= self.threshold, x * (256 / (256 - self.threshold)), 0.0)
+
+
 def transformer_encoder(dim: int, layers: int, heads: int, ffn: int, dropout: float) -> nn.TransformerEncoder:
-    """A pre-norm transformer encoder (GELU, batch first) with a final LayerNorm: ``[B, L, dim] -> [B, L, dim]``."""
+    """A pre-norm transformer encoder (GELU, batch first) with a final LayerNorm: ``[B, L, dim] -> [B, L, dim]``.
+
+    Its activations' dropouts are :class:`ByteMaskDropout` (no parameters: the state dict is
+    ``nn.TransformerEncoder``'s); the attention weights' dropout stays inside ``nn.MultiheadAttention``.
+    """
     if dim % heads:
         raise ValueError(f"width {dim} is not divisible by {heads} heads")
     layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ffn, dropout=dropout, activation="gelu",
                                        batch_first=True, norm_first=True)
+    layer.dropout, layer.dropout1, layer.dropout2 = (ByteMaskDropout(dropout) for _ in range(3))
     return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
 
 
