@@ -23,14 +23,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from pipeline import media
+from pipeline import media, threads
 from pipeline.audio import normalize_loudness
 from pipeline.config import GenerateParams, SplitParams
 from pipeline.errors import UserError
@@ -209,20 +209,47 @@ def video_input(generator: Generator, video: Path | str) -> VideoInput:
 
 def sample_codes(generator: Generator, clip: VideoInput, params: GenerateParams, *, progress: bool = True,
                  step_callback: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """The second phase of :func:`generate_music`: windowed sampling.
+    """The second phase of :func:`generate_music`: windowed sampling (:func:`sample_codes_batch` of one clip).
 
     Returns:
         int64 codes ``[K, T]`` (``T = round(seconds * 50)``) and each window's ``(start, end)`` seconds.
     """
+    return sample_codes_batch(generator, [clip], params, progress=progress, step_callback=step_callback)[0]
+
+
+def batch_key(clip: VideoInput, config: V2MConfig) -> tuple[int, int, int]:
+    """Clips with equal keys sample as one batch: the same code steps (so the same windows) and frame counts."""
+    motion = clip.motion.shape[0] if clip.motion is not None else 0
+    return int(round(clip.seconds * config.codes_rate)), clip.visual.shape[0], motion
+
+
+def sample_codes_batch(generator: Generator, clips: Sequence[VideoInput], params: GenerateParams, *,
+                       progress: bool = True, step_callback: Callable[[int], None] | None = None
+                       ) -> list[tuple[np.ndarray, list[tuple[float, float]]]]:
+    """Windowed sampling of clips of one :func:`batch_key` as one batch: each decoder step runs every
+    clip's rows at once (a tiny decoder's step is Python-bound: 18 six-second clips sampled in 37 s one
+    by one). Every clip draws from its own generator seeded with ``params.seed``, so its music does not
+    depend on which clips share the batch (up to the float rounding of batched matrix products).
+
+    Returns:
+        Per clip, int64 codes ``[K, T]`` (``T = round(seconds * 50)``) and each window's ``(start, end)`` seconds.
+
+    Raises:
+        ValueError: clips of different batch keys.
+    """
     model, config = generator.model, generator.model.config
+    keys = {batch_key(clip, config) for clip in clips}
+    if len(keys) != 1:
+        raise ValueError(f"clips of one batch need equal code steps and frame counts, got {sorted(keys)}")
     window_steps, prompt_steps = window_steps_of(params, generator.recipe)
-    total_steps = int(round(clip.seconds * config.codes_rate))
+    total_steps = next(iter(keys))[0]
     plan = plan_windows(total_steps, window_steps, prompt_steps)
     k = config.num_codebooks
     calls = sum(new + k - 1 for _, _, new in plan)
-    bar = tqdm(total=calls, desc=f"music {clip.video.name}", unit="step", disable=not progress, leave=False)
-    generator_rng = torch.Generator(device="cpu").manual_seed(params.seed)
-    codes = torch.zeros(k, 0, dtype=torch.long)
+    name = clips[0].video.name if len(clips) == 1 else f"{len(clips)} clips"
+    bar = tqdm(total=calls, desc=f"music {name}", unit="step", disable=not progress, leave=False)
+    rngs = [torch.Generator(device="cpu").manual_seed(params.seed) for _ in clips]
+    codes = torch.zeros(len(clips), k, 0, dtype=torch.long)
     windows = []
 
     def on_step(position: int, logits: torch.Tensor) -> None:
@@ -234,22 +261,23 @@ def sample_codes(generator: Generator, clip: VideoInput, params: GenerateParams,
     try:
         for start, prompt, new in plan:
             end = start + prompt + new
-            window_visual, window_motion = window_frames(clip.visual, clip.motion, start, end, config)
-            window_visual = window_visual[None].to(generator.device)
-            window_motion = window_motion[None].to(generator.device) if window_motion is not None else None
+            frames = [window_frames(clip.visual, clip.motion, start, end, config) for clip in clips]
+            window_visual = torch.stack([visual for visual, _ in frames]).to(generator.device)
+            window_motion = (torch.stack([motion for _, motion in frames]).to(generator.device)
+                             if frames[0][1] is not None else None)
             with torch.no_grad():
                 # the window's code time 0 is its start: the aligned features are those of its own frames
                 z, aligned = model.conditions(window_visual, window_motion, prompt + new)
-            prompt_codes = codes[:, codes.shape[1] - prompt:][None] if prompt else None
+            prompt_codes = codes[:, :, codes.shape[2] - prompt:] if prompt else None
             with torch_threads(threads if generator.device == "cpu" else 0):
                 out = generate_codes(model, z, new, cfg=params.cfg, top_k=params.top_k or None,
-                                     temperature=params.temperature, generator=generator_rng, prompt=prompt_codes,
+                                     temperature=params.temperature, generator=rngs, prompt=prompt_codes,
                                      callback=on_step, static_cache=params.static_kv_cache, aligned=aligned)
-            codes = torch.cat([codes, out[0].cpu()], dim=1)
+            codes = torch.cat([codes, out.cpu()], dim=2)
             windows.append((start / config.codes_rate, end / config.codes_rate))
     finally:
         bar.close()
-    return codes.numpy(), windows
+    return [(clip_codes.numpy(), list(windows)) for clip_codes in codes]
 
 
 def render_music(generator: Generator, clip: VideoInput, codes: np.ndarray, windows: list[tuple[float, float]],
@@ -358,14 +386,19 @@ def split_clips(clip_dirs: dict[str, Path], split: SplitParams, which: str, max_
 
 
 def generate_set(generator: Generator, clips: list[tuple[str, Path]], out_dir: Path | str, params: GenerateParams,
-                 *, progress: bool = True) -> list[dict]:
+                 *, progress: bool = True, workers: int | None = None) -> list[dict]:
     """Music for each clip: ``out_dir/<id>.wav`` and ``<id>.mp4`` (muxed) + status.parquet, atomically.
 
     A clip that fails gets a status row with the reason and the set goes on. The same music as
-    :func:`score_video` clip by clip, in a pipeline: while the main thread samples clip ``i``, one
-    side thread renders and muxes clip ``i - 1`` and extracts clip ``i + 1``'s features. Sampling a
-    tiny decoder is one thread of Python-bound steps (``SMALL_DECODER_WIDTH``), so on 2 cores the
-    other core did nothing; ``compute_seconds`` is the time of the clip's own three phases.
+    :func:`score_video` clip by clip (up to the float rounding of batched matrix products), in a
+    pipeline: clips go in groups of ``params.batch_clips``; ``workers`` side threads extract the
+    features of group ``j + 1`` and render and mux group ``j - 1`` while the main thread samples
+    group ``j``, its clips of equal length as one batch (:func:`sample_codes_batch`).
+    ``compute_seconds`` is a clip's own extraction and rendering plus its share of its batch's sampling.
+
+    Args:
+        workers: side threads; None = the cores the thread policy found free (:mod:`pipeline.threads`; 1
+            before any stage applied it).
     """
     def timed(work: Callable, *args) -> tuple[object, UserError | None, float]:
         """``(work(*args), None, seconds)``, or ``(None, the UserError it raised, seconds)``."""
@@ -382,22 +415,39 @@ def generate_set(generator: Generator, clips: list[tuple[str, Path]], out_dir: P
         return write_music(generator, plan, clip, codes, windows, params, temp / f"{clip.video.stem}.mp4",
                            wav=temp / f"{clip.video.stem}.wav")
 
+    if workers is None:
+        thread_plan = threads.applied()
+        workers = thread_plan.threads if thread_plan is not None and thread_plan.threads else 1
+    config = generator.model.config
+    groups = [clips[i:i + params.batch_clips] for i in range(0, len(clips), params.batch_clips)]
     # per clip: (id, shard, seconds so far, the finishing Future, or the UserError that stopped it)
     results: list[tuple[str, str, float, Future | UserError]] = []
-    with atomic_path(out_dir) as temp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate-side") as side:
+    bar = tqdm(total=len(clips), desc="generate", unit="clip", disable=not progress)
+    with atomic_path(out_dir) as temp, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate-side") as side:
         temp.mkdir(parents=True)
-        prepared = side.submit(timed, prepare, clips[0][1]) if clips else None
-        for i, (shard, clip) in enumerate(tqdm(clips, desc="generate", unit="clip", disable=not progress)):
-            current, prepared = prepared, side.submit(timed, prepare, clips[i + 1][1]) if i + 1 < len(clips) else None
-            ready, error, seconds = current.result()
-            if error is not None:
-                results.append((clip.stem, shard, seconds, error))
-                continue
-            plan, features = ready
-            started = time.perf_counter()
-            codes, windows = sample_codes(generator, features, params, progress=False)
-            seconds += time.perf_counter() - started
-            results.append((clip.stem, shard, seconds, side.submit(timed, finish, plan, features, codes, windows)))
+        prepared = [side.submit(timed, prepare, clip) for _, clip in groups[0]] if groups else []
+        for j, group in enumerate(groups):
+            current = prepared
+            prepared = [side.submit(timed, prepare, clip) for _, clip in groups[j + 1]] if j + 1 < len(groups) else []
+            outcomes = [future.result() for future in current]
+            ready: dict[tuple[int, int, int], list[int]] = {}
+            for i, (ok, error, _) in enumerate(outcomes):
+                if error is None:
+                    ready.setdefault(batch_key(ok[1], config), []).append(i)
+            sampled: dict[int, tuple[np.ndarray, list[tuple[float, float]], float]] = {}
+            for members in ready.values():
+                started = time.perf_counter()
+                music = sample_codes_batch(generator, [outcomes[i][0][1] for i in members], params, progress=False)
+                share = (time.perf_counter() - started) / len(members)
+                sampled.update({i: (codes, windows, share) for i, (codes, windows) in zip(members, music)})
+            for i, ((shard, clip), (ok, error, seconds)) in enumerate(zip(group, outcomes)):
+                if error is not None:
+                    results.append((clip.stem, shard, seconds, error))
+                    continue
+                codes, windows, share = sampled[i]
+                results.append((clip.stem, shard, seconds + share, side.submit(timed, finish, *ok, codes, windows)))
+            bar.update(len(group))
+        bar.close()
         rows = []
         for video_id, shard, seconds, outcome in results:
             music, error, finish_seconds = outcome.result() if isinstance(outcome, Future) else (None, outcome, 0.0)
@@ -413,5 +463,5 @@ def generate_set(generator: Generator, clips: list[tuple[str, Path]], out_dir: P
 
 
 __all__ = ["Generator", "Music", "VideoInput", "check_model_folder", "generate_music", "generate_set", "plan_windows",
-           "prepare_video", "render_music", "sample_codes", "score_video", "split_clips", "video_input",
+           "prepare_video", "render_music", "sample_codes", "sample_codes_batch", "score_video", "split_clips", "video_input",
            "write_music"]

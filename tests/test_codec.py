@@ -219,3 +219,17 @@ def test_codebook_usage_counts_entries_and_entropy():
     used, entropy = codec.codebook_usage([np.array([[0, 0], [3, 3]]), np.array([[1, 1], [3, 3]])])
     assert used.tolist() == [2, 1]
     assert np.allclose(entropy, [math.log(2), 0.0])
+
+
+def test_the_embedded_codec_takes_its_encoder_width_from_the_calibration_params(tmp_path):
+    """features.codes.calibration.num_filters narrows the random stand-in's encoder (3.5x faster at 32 than
+    EnCodec's 64), keeping what the rest of the pipeline reads: 4 codebooks of 2048 entries at 50 Hz."""
+    from pipeline.config import CodecCalibrationParams
+    audios = clips(2, 2.0, seed=6)
+    calibration = CodecCalibrationParams(num_filters=8, init_frames=64, iterations=2)
+    codec.calibrate_embedded_codec(tmp_path / "c", audios, calibration)
+    model = codec.load_codec(tmp_path / "c", device="cpu")
+    assert model.config.num_filters == 8 and model.encoder.layers[0].conv.out_channels == 8
+    fresh = clips(1, 2.0, seed=7)[0]                                    # not stored: through the narrow encoder
+    codes = codec.encode(model, fresh, 2.2)
+    assert codes.shape == (4, 100) and int(codes.max()) < 2048 == model.config.codebook_size

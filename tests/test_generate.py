@@ -20,7 +20,8 @@ from pipeline import media
 from pipeline.audio import integrated_loudness, normalize_loudness
 from pipeline.config import GenerateParams
 from pipeline.features.recipe import read_recipe
-from pipeline.generate import generate_music, plan_windows
+from pipeline.model.sampling import generate_codes
+from pipeline.generate import generate_music, generate_set, plan_windows, sample_codes, sample_codes_batch, video_input
 
 SEGMENT_SECONDS = 2.0   # the recipe of conftest's tiny model
 
@@ -141,6 +142,40 @@ def test_a_45_second_video_is_scored_in_overlapping_windows_that_continue_each_o
     assert music.audio.shape == (1, 45 * generator.sample_rate)
     again = generate_music(generator, videos["long45"], params, progress=False)
     assert np.array_equal(music.codes, again.codes), "same seed, same music"
+
+
+def test_clips_sampled_as_one_batch_get_the_music_each_gets_alone(videos, generator, tmp_path):
+    params = GenerateParams(seed=1)
+    made = {name: media.write_mp4(tmp_path / f"{name}.mp4", frames(84, 120, 160, seed), 12, audio=tone(7.0))
+            for name, seed in (("a", 4), ("b", 5))}
+    clips = [video_input(generator, made["a"]), video_input(generator, made["b"])]
+    batched = sample_codes_batch(generator, clips, params, progress=False)
+    alone = [sample_codes(generator, clip, params, progress=False) for clip in clips]
+    for (codes, windows), (codes_alone, windows_alone) in zip(batched, alone):
+        assert codes.shape == codes_alone.shape == (generator.model.config.num_codebooks, 7 * 50)
+        assert windows == windows_alone and len(windows) > 1
+        # its own generator, seeded alike: a batched matrix product may round differently, nothing more
+        assert (codes == codes_alone).mean() >= 0.99
+    # a random model barely listens to its video, so rows are told apart with conditions it cannot ignore
+    model = generator.model
+    z = 3 * torch.randn(2, 8, model.config.decoder_dim, generator=torch.Generator().manual_seed(0))
+    rows = generate_codes(model, z, 60, generator=[torch.Generator().manual_seed(s) for s in (7, 7)])
+    for row in range(2):
+        single = generate_codes(model, z[row:row + 1], 60, generator=torch.Generator().manual_seed(7))
+        assert (rows[row] == single[0]).float().mean() >= 0.99
+    # one seed, two conditions: the random model's weak listening moves 7.5% of the tokens, far above rounding's 1%
+    assert (rows[0] != rows[1]).float().mean() > 0.03, "each row samples under its own condition"
+    with pytest.raises(ValueError, match="equal code steps"):
+        sample_codes_batch(generator, [clips[0], video_input(generator, videos["portrait"])], params)
+    # the stage groups by length: 7 s, 3 s and 7 s clips in one group give the same music as alone, in order
+    listed = [("s", made["a"]), ("s", videos["portrait"]), ("s", made["b"])]
+    rows = generate_set(generator, listed, tmp_path / "set", GenerateParams(seed=1, batch_clips=3), progress=False)
+    assert [(r["video_id"], r["status"]) for r in rows] == [("a", "ok"), ("portrait", "ok"), ("b", "ok")]
+    for name in ("a", "b"):
+        written = media.read_wav(tmp_path / "set" / f"{name}.wav")[0]
+        assert written.shape[1] == 7 * generator.sample_rate and np.abs(written).max() > 0
+    portrait = sample_codes(generator, video_input(generator, videos["portrait"]), params, progress=False)[0]
+    assert portrait.shape[1] == 3 * 50
 
 
 def test_keep_audio_mixes_the_music_over_the_original_sound(videos, model_dir, tmp_path):

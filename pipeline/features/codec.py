@@ -477,4 +477,5 @@ def calibrate_embedded_codec(folder: Path | str, audios: Sequence[np.ndarray],
     learning benchmark both call. ``audios``: float32 ``[1, S_i]`` train-split clips at 32 kHz."""
     return save_calibrated_random_codec(folder, audios, seed=calibration.seed, init_frames=calibration.init_frames,
                                         iterations=calibration.iterations,
-                                        min_frames_per_entry=calibration.min_frames_per_entry)
+                                        min_frames_per_entry=calibration.min_frames_per_entry,
+                                        config=encodec_32khz_config(num_filters=calibration.num_filters))

@@ -14,7 +14,7 @@ logits are ``uncond + cfg * (cond - uncond)``, computed as ``cond + (cfg - 1) * 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from pipeline.model.patterns import apply_delay, delay_valid_mask, undo_delay
 from pipeline.model.v2m import V2MModel, codebook_cross_entropy
 
 StepCallback = Callable[[int, torch.Tensor], None]
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def quantize_decoder(model: V2MModel) -> V2MModel:
@@ -54,7 +55,7 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg: float) -> torch.Tensor:
 
 
 def sample_top_k(logits: torch.Tensor, top_k: int | None = 250, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: Generators = None) -> torch.Tensor:
     """One token per row from ``softmax(logits / temperature)`` restricted to the ``top_k`` largest.
 
     Args:
@@ -62,7 +63,9 @@ def sample_top_k(logits: torch.Tensor, top_k: int | None = 250, temperature: flo
         top_k: keep the ``top_k`` most likely entries (None or 0: all; 1: greedy; exact ties
             with the ``top_k``-th are kept too).
         temperature: > 0.
-        generator: the RNG (same seed, same tokens).
+        generator: the RNG (same seed, same tokens); or one per item of ``logits``' first axis,
+            each drawing its item's tokens as a lone call would: an item's tokens then do not
+            depend on which other items share the batch.
 
     Returns:
         long ``[...]``.
@@ -78,16 +81,26 @@ def sample_top_k(logits: torch.Tensor, top_k: int | None = 250, temperature: flo
         kth = flat.topk(top_k, dim=-1).values[:, -1:]
         flat = flat.masked_fill(flat < kth, float("-inf"))
     probs = torch.softmax(flat, dim=-1)
-    if generator is not None and probs.device != generator.device:
-        tokens = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} items")
+        items = probs.reshape(shape[0], -1, c)
+        tokens = torch.cat([_draw(item, rng) for item, rng in zip(items, generator)])
     else:
-        tokens = torch.multinomial(probs, 1, generator=generator)
+        tokens = _draw(probs, generator)
     return tokens.reshape(shape)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of ``probs`` ``[R, C]``: long ``[R, 1]``, on ``probs``' device."""
+    if generator is not None and probs.device != generator.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator)
 
 
 @torch.no_grad()
 def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float = 3.0, top_k: int | None = 250,
-                   temperature: float = 1.0, generator: torch.Generator | None = None,
+                   temperature: float = 1.0, generator: Generators = None,
                    prompt: torch.Tensor | None = None, callback: StepCallback | None = None,
                    static_cache: bool = False, aligned: torch.Tensor | None = None) -> torch.Tensor:
     """Sample ``steps`` code frames given the condition ``Z``, with the decoder's KV cache.
@@ -97,7 +110,8 @@ def generate_codes(model: V2MModel, z: torch.Tensor, steps: int, *, cfg: float =
         z: the condition ``[B, N, M]`` from ``model.condition``.
         steps: code frames to generate (50 per second).
         cfg: guidance scale; 1 = no guidance (no null pass).
-        top_k, temperature, generator: see :func:`sample_top_k`.
+        top_k, temperature, generator: see :func:`sample_top_k` (one generator per item of the batch:
+            each item samples as it would alone, up to the float rounding of batched matrix products).
         prompt: long ``[B, K, T0]`` codes that the output continues (forced, not returned).
         callback: called as ``callback(position, logits [B, K, C])`` with the guided logits of
             every delayed position ``s`` that is predicted (``T0 + 1 .. T0 + steps + K - 1``).
