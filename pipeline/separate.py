@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -293,9 +294,14 @@ def separate_accompaniment(model: Separator, audio: np.ndarray, *, segment: floa
     # Demucs's own normalisation (demucs.api.Separator.separate_tensor): by the mono mix's mean and std.
     ref = wav.mean(0)
     mean, std = ref.mean(), ref.std() + 1e-8
+    # A clip no longer than one chunk runs once: Demucs's split steps chunks by (1 - overlap) of a chunk,
+    # so a 6 s clip in 7.8 s chunks ran twice, the second pass for 0.15 s it weighs by under a tenth.
+    chunk = segment or (limit if math.isfinite(limit) else 0.0)
+    one_pass = shifts == 0 and chunk > 0 and wav.shape[-1] <= int(chunk * model.samplerate)
     with _seeded_python_random(0), torch.inference_mode():
-        out = apply_model(model, ((wav - mean) / std)[None], segment=segment or None, shifts=shifts, split=True,
-                          overlap=overlap, device=resolve_device(device), progress=False)
+        out = apply_model(model, ((wav - mean) / std)[None], segment=segment or (chunk if one_pass else None),
+                          shifts=shifts, split=not one_pass, overlap=overlap, device=resolve_device(device),
+                          progress=False)
     out = (out[0] * std + mean).cpu().numpy()  # [sources, 2, S]
     return Stems(int(model.samplerate), dict(zip(model.sources, out)))
 

@@ -83,14 +83,24 @@ def test_stems_shapes_and_sums(model, clip):
                                stems.sources["drums"] + stems.sources["bass"] + stems.sources["other"], atol=1e-6)
 
 
-def test_same_stems_as_demucs_own_separator(repo, model, clip):
-    """Normalisation, chunking and its undoing exactly as demucs.api.Separator (what `demucs` runs)."""
-    mix = sum(clip)[:, :2 * 44100]
-    separator = Separator(model=NAME, repo=repo, device="cpu", shifts=0, overlap=0.25, split=True)
-    _, theirs = separator.separate_tensor(torch.from_numpy(mix), 44100)
-    ours = separate_accompaniment(model, mix, overlap=0.25, shifts=0, device="cpu")
-    for source, audio in theirs.items():
-        np.testing.assert_array_equal(ours.sources[source], audio.numpy())
+def test_same_stems_as_demucs_own_separator(repo, model, clip, monkeypatch):
+    """Normalisation, chunking and its undoing exactly as demucs.api.Separator (what `demucs` runs): with
+    its chunking for a clip longer than a chunk, and as its unsplit pass for one that fits in a chunk (its
+    split would run a second chunk for the clip's last 0.15 s at 6 s, twice the work)."""
+    long_mix = np.concatenate([sum(clip)] * 3, axis=1)[:, :9 * 44100]          # 9 s: two 7.8 s chunks
+    short_mix = sum(clip)[:, :6 * 44100 // 4]                                   # 1.5 s: one chunk
+    passes = []
+    forward = type(model.models[0]).forward
+    monkeypatch.setattr(type(model.models[0]), "forward", lambda self, mix: passes.append(1) or forward(self, mix))
+    for mix, split in ((long_mix, True), (short_mix, False)):
+        separator = Separator(model=NAME, repo=repo, device="cpu", shifts=0, overlap=0.25, split=split,
+                              segment=7.8)
+        _, theirs = separator.separate_tensor(torch.from_numpy(mix), 44100)
+        passes.clear()
+        ours = separate_accompaniment(model, mix, overlap=0.25, shifts=0, device="cpu")
+        assert len(passes) == (2 if split else 1)
+        for source, audio in theirs.items():
+            np.testing.assert_array_equal(ours.sources[source], audio.numpy())
 
 
 def test_mono_is_separated_as_identical_stereo(model, clip):
