@@ -415,9 +415,7 @@ def generate_set(generator: Generator, clips: list[tuple[str, Path]], out_dir: P
         return write_music(generator, plan, clip, codes, windows, params, temp / f"{clip.video.stem}.mp4",
                            wav=temp / f"{clip.video.stem}.wav")
 
-    if workers is None:
-        thread_plan = threads.applied()
-        workers = thread_plan.threads if thread_plan is not None and thread_plan.threads else 1
+    workers = workers or threads.free_workers()
     config = generator.model.config
     groups = [clips[i:i + params.batch_clips] for i in range(0, len(clips), params.batch_clips)]
     # per clip: (id, shard, seconds so far, the finishing Future, or the UserError that stopped it)

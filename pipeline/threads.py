@@ -199,4 +199,11 @@ def applied() -> ThreadPlan | None:
     return _applied
 
 
-__all__ = ["ThreadPlan", "allowed_cores", "applied", "apply", "busy_cores", "keep_freed_memory", "mode", "plan", "prepare_environment"]
+def free_workers() -> int:
+    """Worker threads or processes for side work: the cores the applied policy found free, 1 before any
+    stage applied it (so a library call outside a stage never fans out on a machine it did not look at)."""
+    plan = applied()
+    return plan.threads if plan is not None and plan.threads else 1
+
+
+__all__ = ["ThreadPlan", "allowed_cores", "applied", "apply", "busy_cores", "free_workers", "keep_freed_memory", "mode", "plan", "prepare_environment"]

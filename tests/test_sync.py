@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -144,3 +145,20 @@ def test_fd_passt_with_a_random_weights_checkpoint(sync_folders, tmp_path):
     other, _ = evaluate_pairs(generated, reference, passt=checkpoint, progress=False)
     assert same["fd_passt_segments"] == 3 and same["fd_passt_reason"] is None
     assert abs(same["fd_passt"]) < 1e-6 < other["fd_passt"]
+
+
+def test_sync_columns_from_side_threads_come_back_in_clip_order_as_computed_alone(sync_folders, tmp_path):
+    """evaluate_pairs computes onsets and video flow in side threads beside chroma: rows must be those of
+    one thread, each on its own clip (the clips differ, so a mix-up would show)."""
+    for folder in ("generated", "reference", "videos"):
+        shutil.copytree(sync_folders / folder, tmp_path / folder)
+    for i, shift in enumerate((0.2, 0.5, 0.1), start=2):
+        write_wav(tmp_path / "generated" / f"c{i}.wav", _clicks([t + shift for t in JUMPS]), RATE)
+        shutil.copy(sync_folders / "reference" / "c1.wav", tmp_path / "reference" / f"c{i}.wav")
+        shutil.copy(sync_folders / "videos" / "c1.mp4", tmp_path / "videos" / f"c{i}.mp4")
+    args = (tmp_path / "generated", tmp_path / "reference")
+    alone = evaluate_pairs(*args, progress=False, videos=tmp_path / "videos", workers=1)[1]
+    threaded = evaluate_pairs(*args, progress=False, videos=tmp_path / "videos", workers=3)[1]
+    assert [row["video_id"] for row in threaded] == ["c1", "c2", "c3", "c4"]
+    assert threaded == alone
+    assert len({row["av_align"] for row in threaded}) > 1

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from pipeline import threads
 from pipeline.config import EvaluateParams
 from pipeline.errors import UserError
 from pipeline.files import atomic_path, file_sha256
@@ -133,7 +135,8 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
                    fad_preset: str = "google", fad_method: str = "sqrtm",
                    kld_segment_seconds: float = 20.0, kld_min_seconds: float = 0.15, kld_eps: float = 1e-6,
                    device: str = "cpu", progress: bool = True,
-                   videos: Path | str | Sequence[Path | str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                   videos: Path | str | Sequence[Path | str] | None = None,
+                   workers: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All metrics of the generated clips against their references.
 
     Args:
@@ -154,6 +157,8 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
         progress: show a progress bar over clips.
         videos: folder(s) of the videos the music is for (``<video_id>.mp4``, matched by stem), for
             AV-Align; None = no AV-Align (null with ``av_align_reason``).
+        workers: threads computing the sync columns beside the other metrics; None = the cores the thread
+            policy found free (:mod:`pipeline.threads`; 1 before any stage applied it).
 
     Returns:
         ``(summary, rows)``: the summary's keys are ``fad``, ``kld_ref_gen``, ``kld_gen_ref``,
@@ -198,43 +203,52 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
     embeddings: dict[str, list[np.ndarray]] = {"generated": [], "reference": []}
     kld_ref_gen_sum, kld_gen_ref_sum, kld_total = 0.0, 0.0, 0
     passt_embeddings: dict[str, list[np.ndarray]] = {"generated": [], "reference": []}
-    for stem in tqdm(stems, desc="metrics", unit="clip", disable=not progress):
-        generated, generated_rate = read_wav(generated_files[stem])
-        reference, reference_rate = read_wav(reference_files[stem])
-        gen32 = mono_resampled(generated, generated_rate, chroma_metric.SAMPLE_RATE)
-        ref32 = mono_resampled(reference, reference_rate, chroma_metric.SAMPLE_RATE)
-        clip_sum, clip_frames = chroma_metric.chroma_cosine_sums(gen32, ref32, chroma_metric.SAMPLE_RATE,
-                                                                 **chroma_options)
-        chroma_sum += clip_sum
-        chroma_total += clip_frames
-        row = {"video_id": stem, "generated_seconds": generated.shape[1] / generated_rate,
-               "reference_seconds": reference.shape[1] / reference_rate,
-               "chroma_cosine": clip_sum / clip_frames if clip_frames else None, "chroma_frames": clip_frames,
-               "kld_ref_gen": None, "kld_gen_ref": None, "kld_segments": None}
-        row.update(_sync_row(generated, generated_rate, reference, reference_rate, video_files.get(stem)))
-        if vggish_model is not None:
-            embeddings["generated"].append(embed(vggish_model, generated, generated_rate, **front_end))
-            embeddings["reference"].append(embed(vggish_model, reference, reference_rate, **front_end))
-        if passt_model is not None:
-            common = min(gen32.shape[0], ref32.shape[0])
-            gen_probs = segment_probabilities(passt_model, gen32[:common], KLD_SAMPLE_RATE,
-                                              segment_seconds=kld_segment_seconds, min_seconds=kld_min_seconds)
-            ref_probs = segment_probabilities(passt_model, ref32[:common], KLD_SAMPLE_RATE,
-                                              segment_seconds=kld_segment_seconds, min_seconds=kld_min_seconds)
-            segments = min(gen_probs.shape[0], ref_probs.shape[0])
-            for name, clip in (("generated", gen32[:common]), ("reference", ref32[:common])):
-                passt_embeddings[name].append(segment_embeddings(passt_model, clip, KLD_SAMPLE_RATE,
-                                                                 segment_seconds=kld_segment_seconds,
-                                                                 min_seconds=kld_min_seconds))
-            row["kld_segments"] = segments
-            if segments:
-                ref_gen = kl_rows(ref_probs[:segments], gen_probs[:segments], kld_eps)
-                gen_ref = kl_rows(gen_probs[:segments], ref_probs[:segments], kld_eps)
-                row["kld_ref_gen"], row["kld_gen_ref"] = float(ref_gen.mean()), float(gen_ref.mean())
-                kld_ref_gen_sum += float(ref_gen.sum())
-                kld_gen_ref_sum += float(gen_ref.sum())
-                kld_total += segments
-        rows.append(row)
+    # The sync columns (onsets, and the video's optical flow for AV-Align) were most of the time and need
+    # nothing from the loop below: side threads compute them meanwhile, in order (OpenCV, PyAV and
+    # numpy's large operations release the GIL).
+    side = ThreadPoolExecutor(max_workers=workers or threads.free_workers(), thread_name_prefix="sync")
+    try:
+        sync_rows = [side.submit(_sync_row_of_files, generated_files[stem], reference_files[stem], video_files.get(stem))
+                     for stem in stems]
+        for stem, sync_row in zip(tqdm(stems, desc="metrics", unit="clip", disable=not progress), sync_rows):
+            generated, generated_rate = read_wav(generated_files[stem])
+            reference, reference_rate = read_wav(reference_files[stem])
+            gen32 = mono_resampled(generated, generated_rate, chroma_metric.SAMPLE_RATE)
+            ref32 = mono_resampled(reference, reference_rate, chroma_metric.SAMPLE_RATE)
+            clip_sum, clip_frames = chroma_metric.chroma_cosine_sums(gen32, ref32, chroma_metric.SAMPLE_RATE,
+                                                                     **chroma_options)
+            chroma_sum += clip_sum
+            chroma_total += clip_frames
+            row = {"video_id": stem, "generated_seconds": generated.shape[1] / generated_rate,
+                   "reference_seconds": reference.shape[1] / reference_rate,
+                   "chroma_cosine": clip_sum / clip_frames if clip_frames else None, "chroma_frames": clip_frames,
+                   "kld_ref_gen": None, "kld_gen_ref": None, "kld_segments": None}
+            row.update(sync_row.result())
+            if vggish_model is not None:
+                embeddings["generated"].append(embed(vggish_model, generated, generated_rate, **front_end))
+                embeddings["reference"].append(embed(vggish_model, reference, reference_rate, **front_end))
+            if passt_model is not None:
+                common = min(gen32.shape[0], ref32.shape[0])
+                gen_probs = segment_probabilities(passt_model, gen32[:common], KLD_SAMPLE_RATE,
+                                                  segment_seconds=kld_segment_seconds, min_seconds=kld_min_seconds)
+                ref_probs = segment_probabilities(passt_model, ref32[:common], KLD_SAMPLE_RATE,
+                                                  segment_seconds=kld_segment_seconds, min_seconds=kld_min_seconds)
+                segments = min(gen_probs.shape[0], ref_probs.shape[0])
+                for name, clip in (("generated", gen32[:common]), ("reference", ref32[:common])):
+                    passt_embeddings[name].append(segment_embeddings(passt_model, clip, KLD_SAMPLE_RATE,
+                                                                     segment_seconds=kld_segment_seconds,
+                                                                     min_seconds=kld_min_seconds))
+                row["kld_segments"] = segments
+                if segments:
+                    ref_gen = kl_rows(ref_probs[:segments], gen_probs[:segments], kld_eps)
+                    gen_ref = kl_rows(gen_probs[:segments], ref_probs[:segments], kld_eps)
+                    row["kld_ref_gen"], row["kld_gen_ref"] = float(ref_gen.mean()), float(gen_ref.mean())
+                    kld_ref_gen_sum += float(ref_gen.sum())
+                    kld_gen_ref_sum += float(gen_ref.sum())
+                    kld_total += segments
+            rows.append(row)
+    finally:
+        side.shutdown(cancel_futures=True)   # on an error, the clips not started yet are not waited for
 
     summary: dict[str, Any] = {
         "fad": None, "fad_reason": None,
@@ -297,6 +311,10 @@ def evaluate_pairs(generated_dir: Path | str, reference_dir: Path | str | Sequen
         for key in ("chroma_cosine", "kld_ref_gen", "kld_gen_ref", *SYNC_KEYS):
             row[key] = _finite_or_none(row[key])
     return summary, rows
+
+
+def _sync_row_of_files(generated: Path, reference: Path, video: Path | None) -> dict[str, Any]:
+    return _sync_row(*read_wav(generated), *read_wav(reference), video)
 
 
 def _sync_row(generated: np.ndarray, generated_rate: int, reference: np.ndarray, reference_rate: int,

@@ -104,9 +104,7 @@ def render_sample_set(out: Path | str, params: SampleParams, progress: bool = Tr
         the path of labels.parquet.
     """
     out = Path(out)
-    if workers is None:
-        plan = threads.applied()
-        workers = plan.threads if plan is not None and plan.threads else 1
+    workers = workers or threads.free_workers()
     specs = [sample_clip_spec(params, index) for index in range(params.n_clips)]
     with atomic_path(out) as temp:
         (temp / "stems").mkdir(parents=True)
