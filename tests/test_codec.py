@@ -233,3 +233,17 @@ def test_the_embedded_codec_takes_its_encoder_width_from_the_calibration_params(
     fresh = clips(1, 2.0, seed=7)[0]                                    # not stored: through the narrow encoder
     codes = codec.encode(model, fresh, 2.2)
     assert codes.shape == (4, 100) and int(codes.max()) < 2048 == model.config.codebook_size
+
+
+def test_encoder_frames_batch_the_lstm_and_keep_each_clips_frames_in_order(monkeypatch):
+    """encoder_frames runs the layers before the LSTM clip by clip and the rest in batches of equal length:
+    the same frames as the encoder on each clip alone, in clip order, whatever the batch boundaries."""
+    model = codec.random_codec(0, tiny_config())
+    assert any(isinstance(layer, codec.EncodecLSTM) for layer in model.encoder.layers)
+    audios = clips(3, 2.0, seed=8) + clips(2, 1.3, seed=9) + clips(2, 2.0, seed=10)   # 100, 65, 100 frames
+    monkeypatch.setattr(codec, "ENCODER_TAIL_BATCH", 2)
+    frames = codec.encoder_frames(model, audios)
+    with torch.inference_mode():
+        alone = torch.cat([model.encoder(torch.from_numpy(audio[None]))[0].t() for audio in audios])
+    assert frames.shape == alone.shape == (3 * 100 + 2 * 65 + 2 * 100, model.config.hidden_size)
+    assert torch.allclose(frames, alone, atol=1e-5 * float(alone.abs().max()))

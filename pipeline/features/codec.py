@@ -32,6 +32,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from tqdm import tqdm
 from transformers import EncodecConfig, EncodecModel
+from transformers.models.encodec.modeling_encodec import EncodecLSTM
 
 from pipeline import audiocraft_format
 from pipeline.checkpoints import (RANDOM_MARKER, audiocraft_file, is_random_stand_in, load_part, local_checkpoint,
@@ -285,17 +286,46 @@ def codebook_usage(codes: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray
 
 # ----------------------------------------------------------------------------------------------- calibration
 
+# Clips whose LSTM (and the layers after it) run as one batch in encoder_frames: on 2 CPU cores the
+# 32 kHz encoder's LSTM took 0.36 s per 6 s clip alone and 0.14 s in batches of 16, while its
+# convolutions are no faster batched (measured slower), so only the tail is batched.
+ENCODER_TAIL_BATCH = 16
+
+
 def encoder_frames(model: EncodecModel, audios: Sequence[np.ndarray]) -> torch.Tensor:
     """Encoder outputs before quantization, every clip's frames stacked: float32 ``[N, D]`` on the CPU.
+
+    The encoder's layers up to its LSTM run clip by clip, the LSTM and the layers after it on up to
+    ``ENCODER_TAIL_BATCH`` clips of equal frame count at once: the encoder's output, up to the float
+    rounding of batched matrix products.
 
     Args:
         audios: float32 ``[1, S_i]`` clips at ``model.config.sampling_rate``; N = sum of ceil(S_i / hop).
     """
-    frames = []
+    layers = list(model.encoder.layers)
+    split = next((i for i, layer in enumerate(layers) if isinstance(layer, EncodecLSTM)), len(layers))
+    head, tail = layers[:split], layers[split:]
+    frames: list[torch.Tensor | None] = [None] * len(audios)
+    pending: dict[int, list[tuple[int, torch.Tensor]]] = {}   # frame count -> (clip index, [1, C, T]) waiting for the tail
+
+    def run_tail(waiting: list[tuple[int, torch.Tensor]]) -> None:
+        hidden = torch.cat([h for _, h in waiting])                                       # [B, C, T]
+        for layer in tail:
+            hidden = layer(hidden)                                                        # -> [B, D, T]
+        for (index, _), clip in zip(waiting, hidden):
+            frames[index] = clip.t().float().cpu()
+
     with torch.inference_mode():
-        for audio in tqdm(audios, desc="codec_init: encoder frames", unit="clip", leave=False):
-            hidden = model.encoder(_as_batch(np.asarray(audio, dtype=np.float32)[None], model))  # [1, D, T]
-            frames.append(hidden[0].t().float().cpu())
+        for index, audio in enumerate(tqdm(audios, desc="codec_init: encoder frames", unit="clip", leave=False)):
+            hidden = _as_batch(np.asarray(audio, dtype=np.float32)[None], model)         # [1, 1, S]
+            for layer in head:
+                hidden = layer(hidden)
+            waiting = pending.setdefault(hidden.shape[-1], [])
+            waiting.append((index, hidden))
+            if len(waiting) == ENCODER_TAIL_BATCH:
+                run_tail(pending.pop(hidden.shape[-1]))
+        for waiting in pending.values():
+            run_tail(waiting)
     return torch.cat(frames)
 
 
