@@ -247,3 +247,21 @@ def test_encoder_frames_batch_the_lstm_and_keep_each_clips_frames_in_order(monke
         alone = torch.cat([model.encoder(torch.from_numpy(audio[None]))[0].t() for audio in audios])
     assert frames.shape == alone.shape == (3 * 100 + 2 * 65 + 2 * 100, model.config.hidden_size)
     assert torch.allclose(frames, alone, atol=1e-5 * float(alone.abs().max()))
+
+
+def test_encode_clips_gives_each_clip_its_own_codes_stored_or_fresh(tmp_path, monkeypatch):
+    """The codes stage's call: calibration clips from their stored frames, the others through the encoder
+    with its LSTM batched; each clip's codes as encode gives them alone, in order."""
+    audios = clips(4, 2.0, seed=11)
+    codec.save_calibrated_random_codec(tmp_path / "c", audios[:2], seed=1, init_frames=64, iterations=3,
+                                       config=tiny_config())
+    model = codec.load_codec(tmp_path / "c", device="cpu")
+    monkeypatch.setattr(codec, "ENCODER_TAIL_BATCH", 2)
+    mixed = [audios[2], audios[0], audios[3], clips(1, 1.3, seed=12)[0], audios[1]]     # fresh, stored, fresh, ...
+    together = codec.encode_clips(model, mixed, 1.2)
+    alone = [codec.encode(model, audio, 1.2) for audio in mixed]
+    assert [c.shape for c in together] == [c.shape for c in alone] == [(4, 100)] * 3 + [(4, 65), (4, 100)]
+    assert all(c.dtype == np.int16 for c in together)
+    for batched, single in zip(together, alone):
+        assert (batched == single).mean() >= 0.99              # a near-tie in a late codebook may flip, no more
+    assert not np.array_equal(together[0], together[2])

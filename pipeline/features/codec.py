@@ -247,6 +247,34 @@ def encode(model: EncodecModel, audio: np.ndarray, bandwidth: float = 2.2) -> np
     return encode_batch(model, audio[None], bandwidth)[0]
 
 
+def encode_clips(model: EncodecModel, audios: Sequence[np.ndarray], bandwidth: float = 2.2) -> list[np.ndarray]:
+    """Codes of several clips, each as :func:`encode` gives it: float32 ``[1, S_i]`` -> int16 ``[K, T_i]``.
+
+    Clips whose encoder frames codec_init stored are quantized from them; the others go through
+    :func:`encoder_outputs` (the encoder's LSTM batched over clips of equal length), unless the codec
+    normalises or chunks its input (24/48 kHz EnCodec), which ``model.encode`` does clip by clip.
+    """
+    if model.config.normalize or model.config.chunk_length is not None:
+        return [encode(model, audio, bandwidth) for audio in audios]
+    if model.config.codebook_size > 2 ** 15:
+        raise ValueError(f"codebook_size {model.config.codebook_size} does not fit int16 codes")
+    codes: list[np.ndarray | None] = [None] * len(audios)
+    fresh = []
+    with torch.inference_mode():
+        for index, audio in enumerate(audios):
+            audio = np.asarray(audio, dtype=np.float32)
+            if audio.ndim != 2:
+                raise ValueError(f"audio must be [C, S] (mono: [1, S]), got shape {audio.shape}")
+            if _stored_latents(model, [audio]) is not None:
+                codes[index] = encode(model, audio, bandwidth)
+            else:
+                fresh.append(index)
+        for index, hidden in zip(fresh, encoder_outputs(model, [audios[i] for i in fresh])):
+            quantized = model.quantizer.encode(hidden[None], bandwidth)                  # [K, 1, T]
+            codes[index] = quantized[:, 0].to(torch.int16).cpu().numpy()
+    return codes
+
+
 def decode(model: EncodecModel, codes: np.ndarray) -> np.ndarray:
     """Audio of codes: int ``[K, T]`` -> float32 ``[1, T * hop]`` at ``model.config.sampling_rate``.
 
@@ -292,20 +320,21 @@ def codebook_usage(codes: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray
 ENCODER_TAIL_BATCH = 16
 
 
-def encoder_frames(model: EncodecModel, audios: Sequence[np.ndarray]) -> torch.Tensor:
-    """Encoder outputs before quantization, every clip's frames stacked: float32 ``[N, D]`` on the CPU.
+def encoder_outputs(model: EncodecModel, audios: Sequence[np.ndarray], desc: str | None = None) -> list[torch.Tensor]:
+    """The encoder's output of each clip, float ``[D, T_i]`` on the model's device, in clip order.
 
     The encoder's layers up to its LSTM run clip by clip, the LSTM and the layers after it on up to
     ``ENCODER_TAIL_BATCH`` clips of equal frame count at once: the encoder's output, up to the float
     rounding of batched matrix products.
 
     Args:
-        audios: float32 ``[1, S_i]`` clips at ``model.config.sampling_rate``; N = sum of ceil(S_i / hop).
+        audios: float32 ``[1, S_i]`` clips at ``model.config.sampling_rate``; ``T_i = ceil(S_i / hop)``.
+        desc: a progress bar's label (None: no bar).
     """
     layers = list(model.encoder.layers)
     split = next((i for i, layer in enumerate(layers) if isinstance(layer, EncodecLSTM)), len(layers))
     head, tail = layers[:split], layers[split:]
-    frames: list[torch.Tensor | None] = [None] * len(audios)
+    outputs: list[torch.Tensor | None] = [None] * len(audios)
     pending: dict[int, list[tuple[int, torch.Tensor]]] = {}   # frame count -> (clip index, [1, C, T]) waiting for the tail
 
     def run_tail(waiting: list[tuple[int, torch.Tensor]]) -> None:
@@ -313,10 +342,10 @@ def encoder_frames(model: EncodecModel, audios: Sequence[np.ndarray]) -> torch.T
         for layer in tail:
             hidden = layer(hidden)                                                        # -> [B, D, T]
         for (index, _), clip in zip(waiting, hidden):
-            frames[index] = clip.t().float().cpu()
+            outputs[index] = clip
 
     with torch.inference_mode():
-        for index, audio in enumerate(tqdm(audios, desc="codec_init: encoder frames", unit="clip", leave=False)):
+        for index, audio in enumerate(tqdm(audios, desc=desc, unit="clip", leave=False, disable=desc is None)):
             hidden = _as_batch(np.asarray(audio, dtype=np.float32)[None], model)         # [1, 1, S]
             for layer in head:
                 hidden = layer(hidden)
@@ -326,7 +355,17 @@ def encoder_frames(model: EncodecModel, audios: Sequence[np.ndarray]) -> torch.T
                 run_tail(pending.pop(hidden.shape[-1]))
         for waiting in pending.values():
             run_tail(waiting)
-    return torch.cat(frames)
+    return outputs
+
+
+def encoder_frames(model: EncodecModel, audios: Sequence[np.ndarray]) -> torch.Tensor:
+    """Encoder outputs before quantization, every clip's frames stacked: float32 ``[N, D]`` on the CPU
+    (:func:`encoder_outputs`).
+
+    Args:
+        audios: float32 ``[1, S_i]`` clips at ``model.config.sampling_rate``; N = sum of ceil(S_i / hop).
+    """
+    return torch.cat([hidden.t().float().cpu() for hidden in encoder_outputs(model, audios, "codec_init: encoder frames")])
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

@@ -252,31 +252,38 @@ def codes_table(video_ids: Iterable[str], audio_dir: Path, out: Path, params: Co
     video_ids = list(video_ids)
     rows = []
     n_codebooks = None
+    bar = tqdm(total=len(video_ids), desc=desc, unit="clip", disable=not progress)
     with codes_table_writer(out, params, codec_lib.num_codebooks(model, params.bandwidth)) as writer:
-        for video_id in tqdm(video_ids, desc=desc, unit="clip", disable=not progress):
-            codes = _clip_codes(model, audio_dir / f"{video_id}.wav", params)
-            if isinstance(codes, str):
-                rows.append(failed_row(video_id, "unreadable", codes, rows=0, node=LOCAL_NODE))
-                continue
-            n_codebooks = codes.shape[0]
-            _write_codes(writer, video_id, codes)
-            rows.append(ok_row(video_id, rows=int(codes.shape[1]), node=LOCAL_NODE))
+        # in groups, so that the encoder's LSTM runs on several clips at once (codec_lib.encode_clips)
+        for start in range(0, len(video_ids), codec_lib.ENCODER_TAIL_BATCH):
+            group = video_ids[start:start + codec_lib.ENCODER_TAIL_BATCH]
+            audios = {video_id: _clip_audio(model, audio_dir / f"{video_id}.wav") for video_id in group}
+            readable = [video_id for video_id in group if not isinstance(audios[video_id], str)]
+            encoded = dict(zip(readable, codec_lib.encode_clips(model, [audios[v] for v in readable], params.bandwidth)))
+            for video_id in group:
+                if video_id not in encoded:
+                    rows.append(failed_row(video_id, "unreadable", audios[video_id], rows=0, node=LOCAL_NODE))
+                    continue
+                codes = encoded[video_id]                                                  # [K, T]
+                n_codebooks = codes.shape[0]
+                _write_codes(writer, video_id, codes)
+                rows.append(ok_row(video_id, rows=int(codes.shape[1]), node=LOCAL_NODE))
+            bar.update(len(group))
+    bar.close()
     log.info("%s: %s (K=%s)", desc, summary(rows), n_codebooks)
     return rows
 
 
-def _clip_codes(model, wav: Path, params: CodesFeatureParams) -> np.ndarray | str:
-    """int16 ``[K, T]`` codes of one 32 kHz mono wav, or the one-line reason it cannot be read."""
-    from pipeline.features import codec as codec_lib
-
+def _clip_audio(model, wav: Path) -> np.ndarray | str:
+    """float32 ``[1, S]`` of one 32 kHz mono wav, or the one-line reason the codec cannot take it."""
     try:
         audio, rate = media.read_wav(wav)
-        if rate != model.config.sampling_rate or audio.shape[0] != 1:
-            raise media.MediaError(f"{wav}: {audio.shape[0]} channel(s) at {rate} Hz, "
-                                   f"the codec takes mono {model.config.sampling_rate} Hz")
-        return codec_lib.encode(model, audio, bandwidth=params.bandwidth)   # [K, T]
     except media.MediaError as error:
         return str(error)
+    if rate != model.config.sampling_rate or audio.shape[0] != 1:
+        return (f"{wav}: {audio.shape[0]} channel(s) at {rate} Hz, "
+                f"the codec takes mono {model.config.sampling_rate} Hz")
+    return audio
 
 
 def _write_codes(writer: ShardWriter, video_id: str, codes: np.ndarray) -> None:
@@ -348,14 +355,23 @@ def flow_task(name: str, data: bytes, seconds: float, shown: str, flow: MotionFe
 
 def codes_batch(model, batch: list[tuple]) -> list[np.ndarray | str]:
     """A codec actor's call (engine ray): items ``(wav bytes, driver path, codes params)`` -> int16 ``[K, T]``
-    codes each, or the reason the audio could not be read."""
-    def one(folder: Path, data: bytes, shown: str, params: CodesFeatureParams):
+    codes each, or the reason the audio could not be read; the readable ones encoded together
+    (``codec_lib.encode_clips``)."""
+    from pipeline.features import codec as codec_lib
+
+    def read(folder: Path, data: bytes, shown: str, params: CodesFeatureParams):
         wav = folder / Path(shown).name
         wav.write_bytes(data)
-        codes = _clip_codes(model, wav, params)
-        return codes.replace(str(wav), shown) if isinstance(codes, str) else codes
+        audio = _clip_audio(model, wav)
+        return audio.replace(str(wav), shown) if isinstance(audio, str) else audio
 
-    return [in_temp_dir(lambda folder, item=item: one(folder, *item)) for item in batch]
+    out = [in_temp_dir(lambda folder, item=item: read(folder, *item)) for item in batch]
+    readable = [i for i, audio in enumerate(out) if not isinstance(audio, str)]
+    for bandwidth in sorted({batch[i][2].bandwidth for i in readable}):
+        members = [i for i in readable if batch[i][2].bandwidth == bandwidth]
+        for i, codes in zip(members, codec_lib.encode_clips(model, [out[i] for i in members], bandwidth)):
+            out[i] = codes
+    return out
 
 
 def _load_visual_for_actor(visual: VisualFeatureParams):
