@@ -399,8 +399,8 @@ class CodecCalibrationParams:
     seed: int = param(0, lo=0, doc="seed of the random codec weights and the sampling")
     max_clips: int = param(0, lo=0, hi=10_000_000, doc="calibrate on at most this many train clips (0 = all)")
     num_filters: int = param(64, lo=4, hi=512, doc="the random stand-in's EnCodec num_filters (32 kHz model: 64; "
-                                                   "32 = 3.5x faster encoder, same 4 x 2048 codes at 50 Hz); "
-                                                   "real weights ignore it")
+                                                   "the cost goes with its square; the same 4 x 2048 codes at "
+                                                   "50 Hz); real weights ignore it")
 
 
 @dataclasses.dataclass(frozen=True)
