@@ -17,9 +17,8 @@ from pipeline.features import codec
 from pipeline.model import (PARTS, CrossAttentionFusion, MotionEncoder, V2MConfig, V2MModel, VisualEncoder,
                             apply_delay, build_model, codebook_cross_entropy, generate, generate_codes,
                             load_pretrained_decoder, preset_config, sample_top_k, tiny_config, undo_delay)
-from pipeline.model.encoders import (MOTION_ENERGY_GAIN, ONSET_SLOTS, AlignedCondition, ByteMaskDropout,
-                                     ByteMaskSelfAttention, code_grid, motion_energy, onset_slots, temporal_code,
-                                     transformer_encoder)
+from pipeline.model.encoders import (MOTION_ENERGY_GAIN, ByteMaskDropout, ONSET_SLOTS, AlignedCondition, code_grid, motion_energy,
+                                     onset_slots, temporal_code)
 from pipeline.model.sampling import guide
 
 K, C, PAD = 4, 2048, 2048
@@ -234,64 +233,6 @@ def test_byte_mask_dropout_drops_its_share_and_keeps_the_expectation(p):
     assert torch.equal(dropout(x), y)                          # seeded like any torch dropout
     assert torch.equal(dropout.eval()(x), x)
     assert torch.equal(ByteMaskDropout(0.001).train()(x), x)   # rounds to no drop
-
-
-def test_byte_mask_self_attention_is_multihead_attention_with_its_weights_dropped_by_bytes():
-    torch.manual_seed(0)
-    attention = ByteMaskSelfAttention(32, 4, 0.5)
-    reference = torch.nn.MultiheadAttention(32, 4, dropout=0.5, batch_first=True)
-    reference.load_state_dict(attention.state_dict())                     # the same parameters and state dict
-    x = torch.randn(3, 10, 32)
-
-    def run(module: torch.nn.Module) -> torch.Tensor:
-        return module(x, x, x, need_weights=False)[0]
-
-    undropped = run(reference.eval())
-    assert torch.allclose(run(attention.eval()), undropped, atol=1e-5)
-    masks = []
-    attention.weight_dropout.register_forward_hook(lambda m, args, out: masks.append(out == 0))
-    attention.train()
-    torch.manual_seed(1)
-    dropped = run(attention)
-    assert len(masks) == 1 and masks[0].shape == (3, 4, 10, 10)          # the attention weights' mask, bytes drawn
-    assert float(masks[0].float().mean()) == pytest.approx(0.5, abs=0.08)
-    assert not torch.allclose(dropped, undropped, atol=1e-3)
-    torch.manual_seed(1)
-    assert torch.equal(run(attention), dropped)                           # seeded
-    # the byte path's arithmetic is attention's: with its mask keeping everything it gives the reference's output
-    attention.weight_dropout.forward = lambda weights: weights
-    assert torch.allclose(run(attention), undropped, atol=1e-5)
-    layer = transformer_encoder(32, 1, 4, 64, 0.1).layers[0]
-    assert isinstance(layer.self_attn, ByteMaskSelfAttention)
-    assert set(layer.state_dict()) == set(torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).state_dict())
-
-
-def test_the_decoders_dropouts_are_byte_masks_at_the_same_places():
-    torch.manual_seed(0)
-    model = V2MModel(tiny_config())
-    decoder = model.decoder.model.decoder
-    assert decoder.dropout == 0 and all(layer.dropout == 0 for layer in decoder.layers)
-    assert len(decoder.byte_mask_dropouts) == 1 + 3 * len(decoder.layers)
-    assert all(d.p == model.config.decoder_dropout for d in decoder.byte_mask_dropouts)
-    assert not any("byte_mask" in key for key in model.state_dict())      # no parameters: files unchanged
-    seen = []
-    for dropout in decoder.byte_mask_dropouts:
-        dropout.register_forward_hook(lambda m, args, out: seen.append((m.training, tuple(out.shape))))
-    codes = torch.randint(0, model.config.codebook_size, (2, model.config.num_codebooks, 20))
-    z = torch.randn(2, 6, model.config.decoder_dim)
-    model.train()
-    torch.manual_seed(3)
-    first = model.decoder_logits(codes, z)
-    assert len(seen) == len(decoder.byte_mask_dropouts) and all(training for training, _ in seen)
-    assert all(shape[-1] == model.config.decoder_dim for _, shape in seen)
-    torch.manual_seed(3)
-    assert torch.equal(model.decoder_logits(codes, z), first)              # seeded
-    model.eval()
-    assert not torch.allclose(model.decoder_logits(codes, z), first)       # training drops, eval does not
-    with torch.autograd.profiler.profile() as profile:
-        model.train()
-        model.decoder_logits(codes, z).sum().backward()
-    assert not [e for e in profile.function_events if "bernoulli" in e.name]
 
 
 def test_model_motion_patch_overrides_the_presets_patch():

@@ -84,82 +84,18 @@ class ByteMaskDropout(nn.Module):
         return torch.where(random_bytes >= self.threshold, x * (256 / (256 - self.threshold)), 0.0)
 
 
-class ByteMaskSelfAttention(nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` whose attention-weight dropout, in CPU training, is :class:`ByteMaskDropout`.
-
-    The transformer layers call it as self-attention without masks or returned weights; that call, in
-    training on the CPU, runs the same arithmetic in a few tensor ops with the weights' mask drawn as
-    bytes (``bernoulli_`` inside ``scaled_dot_product_attention`` was 27 ms of a 0.55 s tiny training
-    step, for two ``[B * frames, heads, 50, 50]`` masks). Any other call is ``nn.MultiheadAttention``'s.
-    Same parameters and state dict.
-    """
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__(dim, heads, dropout=dropout, batch_first=True)
-        self.weight_dropout = ByteMaskDropout(dropout)
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
-                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``[B, L, E]`` (query = key = value) -> ``([B, L, E], None)`` on the byte-mask path."""
-        plain = (not self.training or self.weight_dropout.threshold == 0 or query.device.type != "cpu"
-                 or need_weights or key_padding_mask is not None or attn_mask is not None or is_causal
-                 or query is not key or key is not value or query.dim() != 3)
-        if plain:
-            return super().forward(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
-                                   attn_mask=attn_mask, average_attn_weights=average_attn_weights,
-                                   is_causal=is_causal)
-        b, length, width = query.shape
-        qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.view(b, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)   # [B, H, L, d] each
-        weights = torch.softmax((q * self.head_dim ** -0.5) @ k.transpose(-2, -1), dim=-1)        # [B, H, L, L]
-        mixed = (self.weight_dropout(weights) @ v).transpose(1, 2).reshape(b, length, width)
-        return self.out_proj(mixed), None
-
-
 def transformer_encoder(dim: int, layers: int, heads: int, ffn: int, dropout: float) -> nn.TransformerEncoder:
     """A pre-norm transformer encoder (GELU, batch first) with a final LayerNorm: ``[B, L, dim] -> [B, L, dim]``.
 
-    Its dropouts, on the activations and on the attention weights, are :class:`ByteMaskDropout`
-    (:class:`ByteMaskSelfAttention`); no parameters change, so the state dict is ``nn.TransformerEncoder``'s.
+    Its activations' dropouts are :class:`ByteMaskDropout` (no parameters: the state dict is
+    ``nn.TransformerEncoder``'s); the attention weights' dropout stays inside ``nn.MultiheadAttention``.
     """
     if dim % heads:
         raise ValueError(f"width {dim} is not divisible by {heads} heads")
     layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ffn, dropout=dropout, activation="gelu",
                                        batch_first=True, norm_first=True)
     layer.dropout, layer.dropout1, layer.dropout2 = (ByteMaskDropout(dropout) for _ in range(3))
-    attention = ByteMaskSelfAttention(dim, heads, dropout)
-    attention.load_state_dict(layer.self_attn.state_dict())
-    layer.self_attn = attention
     return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
-
-
-def byte_mask_decoder_dropouts(decoder: nn.Module, p: float) -> None:
-    """MusicGen's decoder (``MusicgenForCausalLM.model.decoder``) with its dropouts as :class:`ByteMaskDropout`,
-    in place: the same places and probability (rounded to 1/256), masks drawn as bytes.
-
-    transformers applies them as ``nn.functional.dropout`` calls (``bernoulli_``: 31 ms of a 0.55 s
-    tiny training step), so their probability is set to 0 and hooks drop the same tensors: the
-    embeddings' sum (as the first layer's input), each attention's output and the feed-forward output.
-    The dropout modules are registered under ``byte_mask_dropouts`` (no parameters: the state dict is
-    unchanged), so ``train()`` and ``eval()`` reach them.
-    """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    layers = list(decoder.layers)
-    dropouts = nn.ModuleList(ByteMaskDropout(p) for _ in range(1 + 3 * len(layers)))
-    decoder.byte_mask_dropouts = dropouts
-    decoder.dropout = 0.0
-    if layers:
-        first = dropouts[0]
-        layers[0].register_forward_pre_hook(lambda module, args: (first(args[0]), *args[1:]))
-    for index, layer in enumerate(layers):
-        layer.dropout = 0.0
-        on_self, on_cross, on_ffn = dropouts[1 + 3 * index: 4 + 3 * index]
-        layer.self_attn.register_forward_hook(lambda module, args, out, drop=on_self: (drop(out[0]), *out[1:]))
-        layer.encoder_attn.register_forward_hook(lambda module, args, out, drop=on_cross: (drop(out[0]), *out[1:]))
-        layer.fc2.register_forward_hook(lambda module, args, out, drop=on_ffn: drop(out))
 
 
 class VisualEncoder(nn.Module):

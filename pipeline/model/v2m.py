@@ -48,8 +48,7 @@ from pipeline import audiocraft_format, checkpoints
 from pipeline.errors import UserError
 from pipeline.device import resolve_device
 from pipeline.files import atomic_path
-from pipeline.model.encoders import (AlignedCondition, CrossAttentionFusion, MotionEncoder, VisualEncoder,
-                                     byte_mask_decoder_dropouts, motion_energy)
+from pipeline.model.encoders import AlignedCondition, CrossAttentionFusion, MotionEncoder, VisualEncoder, motion_energy
 from pipeline.model.patterns import apply_delay, undo_delay
 
 log = logging.getLogger("v2m.model")
@@ -243,7 +242,6 @@ class V2MModel(nn.Module):
                                             fps=c.visual_fps)
         self.projection = nn.Linear(c.visual_dim, c.tokens_per_frame * c.decoder_dim)
         self.decoder = MusicgenForCausalLM(c.decoder_config())
-        byte_mask_decoder_dropouts(self.decoder.model.decoder, c.decoder_dropout)
         # The motion branch is made last, so the parts both variants share draw the same initial
         # weights from the same seed: the motion ablation compares the branch, not two inits.
         if c.use_motion:
