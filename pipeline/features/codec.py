@@ -230,10 +230,14 @@ def encode_batch(model: EncodecModel, audios: np.ndarray | Sequence[np.ndarray],
     stored = _stored_latents(model, audios)
     with torch.inference_mode():
         if stored is not None:
-            codes = model.quantizer.encode(stored, bandwidth)[None].transpose(1, 2)     # [K, 1, T] -> [1, 1, K, T]
-        else:
-            codes = model.encode(batch, bandwidth=bandwidth).audio_codes                # [1, B, K, T]
+            return _quantize(model, stored, bandwidth)[None]
+        codes = model.encode(batch, bandwidth=bandwidth).audio_codes                    # [1, B, K, T]
     return codes[0].to(torch.int16).cpu().numpy()
+
+
+def _quantize(model: EncodecModel, hidden: torch.Tensor, bandwidth: float) -> np.ndarray:
+    """One clip's encoder output ``[1, D, T]`` -> its int16 codes ``[K, T]`` (the quantizer's half of ``encode``)."""
+    return model.quantizer.encode(hidden, bandwidth)[:, 0].to(torch.int16).cpu().numpy()       # [K, 1, T] -> [K, T]
 
 
 def encode(model: EncodecModel, audio: np.ndarray, bandwidth: float = 2.2) -> np.ndarray:
@@ -265,13 +269,13 @@ def encode_clips(model: EncodecModel, audios: Sequence[np.ndarray], bandwidth: f
             audio = np.asarray(audio, dtype=np.float32)
             if audio.ndim != 2:
                 raise ValueError(f"audio must be [C, S] (mono: [1, S]), got shape {audio.shape}")
-            if _stored_latents(model, [audio]) is not None:
-                codes[index] = encode(model, audio, bandwidth)
+            stored = _stored_latents(model, [audio])
+            if stored is not None:
+                codes[index] = _quantize(model, stored, bandwidth)
             else:
                 fresh.append(index)
         for index, hidden in zip(fresh, encoder_outputs(model, [audios[i] for i in fresh])):
-            quantized = model.quantizer.encode(hidden[None], bandwidth)                  # [K, 1, T]
-            codes[index] = quantized[:, 0].to(torch.int16).cpu().numpy()
+            codes[index] = _quantize(model, hidden[None], bandwidth)
     return codes
 
 
@@ -314,7 +318,7 @@ def codebook_usage(codes: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray
 
 # ----------------------------------------------------------------------------------------------- calibration
 
-# Clips whose LSTM (and the layers after it) run as one batch in encoder_frames: on 2 CPU cores the
+# Clips whose LSTM (and the layers after it) run as one batch in encoder_outputs: on 2 CPU cores the
 # 32 kHz encoder's LSTM took 0.36 s per 6 s clip alone and 0.14 s in batches of 16, while its
 # convolutions are no faster batched (measured slower), so only the tail is batched.
 ENCODER_TAIL_BATCH = 16
